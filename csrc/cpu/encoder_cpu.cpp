@@ -1,0 +1,113 @@
+// The encoder on CPU: pack real tokens, run every layer on [T, H], scatter back.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "../encoder_args.h"
+#include "kernels.h"
+
+#include <vector>
+
+namespace fusedbert::cpu {
+namespace {
+
+// Real tokens of a padded batch, packed by a prefix sum over the mask.
+struct PackedBatch {
+  at::Tensor token_index;            // [T] int64: flat position b * S + s of each packed row
+  std::vector<int64_t> cu_seqlens;   // [B + 1]: sequence b owns packed rows [cu[b], cu[b + 1])
+};
+
+// A mask value other than 0 or 1 is an error: it usually means a float additive mask (0 / -inf) or a
+// 4-D mask was flattened by mistake, and treating it as "nonzero = real" would give silent wrong numbers.
+template <typename mask_t>
+PackedBatch pack_real_tokens_typed(const at::Tensor& mask) {
+  const int64_t batch = mask.size(0), seq_len = mask.size(1);
+  const mask_t* m = mask.data_ptr<mask_t>();
+  PackedBatch packed;
+  packed.cu_seqlens.assign(batch + 1, 0);
+  for (int64_t i = 0; i < batch * seq_len; ++i) {
+    const auto value = static_cast<int64_t>(m[i]);
+    TORCH_CHECK(value == 0 || value == 1, "fusedbert::encoder: attention_mask values must be 0 or 1; found ",
+                value, " at [", i / seq_len, ", ", i % seq_len, "]");
+    packed.cu_seqlens[i / seq_len + 1] += value;
+  }
+  for (int64_t b = 0; b < batch; ++b) packed.cu_seqlens[b + 1] += packed.cu_seqlens[b];
+  packed.token_index = at::empty({packed.cu_seqlens[batch]}, mask.options().dtype(at::kLong));
+  int64_t* out = packed.token_index.data_ptr<int64_t>();
+  for (int64_t i = 0, t = 0; i < batch * seq_len; ++i) {
+    if (m[i]) out[t++] = i;
+  }
+  return packed;
+}
+
+PackedBatch pack_real_tokens(const at::Tensor& mask) {
+  const at::Tensor m = mask.contiguous();
+  switch (m.scalar_type()) {
+    case at::kBool: return pack_real_tokens_typed<bool>(m);
+    case at::kByte: return pack_real_tokens_typed<uint8_t>(m);
+    case at::kInt: return pack_real_tokens_typed<int32_t>(m);
+    default: return pack_real_tokens_typed<int64_t>(m);
+  }
+}
+
+// One post-LN BERT layer on packed rows x [T, H]:
+//   x = LN1(x + O(attn(QKV(x)))),  x = LN2(x + FFN2(act(FFN1(x))))
+// GEMM biases are folded into the kernel that follows each GEMM.
+at::Tensor run_layer(
+    const at::Tensor& x, at::TensorList weights, int64_t layer, const EncoderDims& dims, double eps,
+    const std::vector<int64_t>& cu_seqlens, const bool* key_is_real) {
+  auto w = [&](WeightSlot slot) -> const at::Tensor& { return layer_weight(weights, layer, slot); };
+  const at::Tensor qkv = at::mm(x, w(kQkvWeight).t());
+  at::Tensor context = at::empty_like(x);
+  packed_attention(qkv, w(kQkvBias), context, cu_seqlens.data(), dims.batch, dims.num_heads, key_is_real);
+
+  at::Tensor attn = at::mm(context, w(kAttnOutWeight).t());
+  bias_residual_layernorm_(attn, w(kAttnOutBias), x, w(kLn1Weight), w(kLn1Bias), eps);
+
+  at::Tensor inner = at::mm(attn, w(kFfn1Weight).t());
+  bias_activation_(inner, w(kFfn1Bias), dims.activation);
+  at::Tensor out = at::mm(inner, w(kFfn2Weight).t());
+  bias_residual_layernorm_(out, w(kFfn2Bias), attn, w(kLn2Weight), w(kLn2Bias), eps);
+  return out;
+}
+
+at::Tensor encoder_cpu(
+    const at::Tensor& hidden, const at::Tensor& attention_mask, at::TensorList weights, int64_t num_heads,
+    double layer_norm_eps, c10::string_view activation, bool remove_padding) {
+  const EncoderDims dims = check_encoder_args(hidden, attention_mask, weights, num_heads, layer_norm_eps, activation);
+  const int64_t rows = dims.batch * dims.seq_len;
+  const at::Tensor flat = hidden.contiguous().view({rows, dims.hidden});
+  PackedBatch packed = pack_real_tokens(attention_mask);
+
+  at::Tensor x;
+  at::Tensor key_is_real;  // only without padding removal: padded rows stay in, masked as keys
+  std::vector<int64_t> cu_seqlens;
+  if (remove_padding) {
+    x = flat.index_select(0, packed.token_index);
+    cu_seqlens = std::move(packed.cu_seqlens);
+  } else {
+    x = flat;
+    key_is_real = attention_mask.contiguous().view({rows}).to(at::kBool);
+    cu_seqlens.resize(dims.batch + 1);
+    for (int64_t b = 0; b <= dims.batch; ++b) cu_seqlens[b] = b * dims.seq_len;
+  }
+  const bool* key_flags = key_is_real.defined() ? key_is_real.data_ptr<bool>() : nullptr;
+  for (int64_t layer = 0; layer < dims.num_layers; ++layer) {
+    x = run_layer(x, weights, layer, dims, layer_norm_eps, cu_seqlens, key_flags);
+  }
+
+  // Padding positions come back as zeros in both modes, so results never depend on what padding held.
+  at::Tensor out = at::zeros({rows, dims.hidden}, hidden.options());
+  if (remove_padding) {
+    out.index_copy_(0, packed.token_index, x);
+  } else {
+    out.index_copy_(0, packed.token_index, x.index_select(0, packed.token_index));
+  }
+  return out.view({dims.batch, dims.seq_len, dims.hidden});
+}
+
+}  // namespace
+}  // namespace fusedbert::cpu
+
+TORCH_LIBRARY_IMPL(fusedbert, CPU, m) {
+  m.impl("encoder", &fusedbert::cpu::encoder_cpu);
+}

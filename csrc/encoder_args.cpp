@@ -1,0 +1,99 @@
+#include "encoder_args.h"
+
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <string>
+
+namespace fusedbert {
+namespace {
+
+Activation parse_activation(c10::string_view name) {
+  if (name == "gelu") return Activation::GeluErf;
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh") return Activation::GeluTanh;
+  if (name == "relu") return Activation::Relu;
+  TORCH_CHECK(false, "fusedbert::encoder: activation must be one of gelu, gelu_new, gelu_pytorch_tanh, relu; got \"",
+              std::string(name), "\"");
+}
+
+const char* slot_name(int64_t slot) {
+  static const char* const names[kTensorsPerLayer] = {
+      "qkv_weight", "qkv_bias", "attn_out_weight", "attn_out_bias", "ln1_weight", "ln1_bias",
+      "ffn1_weight", "ffn1_bias", "ffn2_weight", "ffn2_bias", "ln2_weight", "ln2_bias"};
+  return names[slot];
+}
+
+}  // namespace
+
+EncoderDims check_encoder_args(
+    const at::Tensor& hidden,
+    const at::Tensor& attention_mask,
+    at::TensorList weights,
+    int64_t num_heads,
+    double layer_norm_eps,
+    c10::string_view activation) {
+  TORCH_CHECK(hidden.dim() == 3, "fusedbert::encoder: hidden must be [batch, seq_len, hidden]; got ",
+              hidden.dim(), " dims ", hidden.sizes());
+  const auto dtype = hidden.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+              "fusedbert::encoder: hidden must be float32, float16 or bfloat16; got ", dtype);
+  TORCH_CHECK(!(hidden.is_cpu() && dtype == at::kHalf),
+              "fusedbert::encoder: float16 is not supported on CPU; use bfloat16 on CPU or run on CUDA");
+
+  TORCH_CHECK(attention_mask.dim() == 2, "fusedbert::encoder: attention_mask must be [batch, seq_len]; got ",
+              attention_mask.sizes());
+  TORCH_CHECK(attention_mask.size(0) == hidden.size(0) && attention_mask.size(1) == hidden.size(1),
+              "fusedbert::encoder: attention_mask ", attention_mask.sizes(), " does not match hidden ",
+              hidden.sizes(), " in [batch, seq_len]");
+  const auto mask_dtype = attention_mask.scalar_type();
+  TORCH_CHECK(mask_dtype == at::kBool || mask_dtype == at::kByte || mask_dtype == at::kInt ||
+                  mask_dtype == at::kLong,
+              "fusedbert::encoder: attention_mask must be bool, uint8, int32 or int64; got ", mask_dtype);
+  TORCH_CHECK(attention_mask.device() == hidden.device(), "fusedbert::encoder: attention_mask is on ",
+              attention_mask.device(), " but hidden is on ", hidden.device());
+
+  TORCH_CHECK(num_heads > 0, "fusedbert::encoder: num_heads must be positive; got ", num_heads);
+  const int64_t width = hidden.size(2);
+  TORCH_CHECK(width > 0 && width % num_heads == 0, "fusedbert::encoder: hidden size ", width,
+              " is not divisible by num_heads ", num_heads);
+  TORCH_CHECK(std::isfinite(layer_norm_eps) && layer_norm_eps > 0,
+              "fusedbert::encoder: layer_norm_eps must be positive and finite; got ", layer_norm_eps);
+  const Activation act = parse_activation(activation);
+
+  const int64_t count = static_cast<int64_t>(weights.size());
+  TORCH_CHECK(count > 0 && count % kTensorsPerLayer == 0, "fusedbert::encoder: weights must hold ",
+              static_cast<int64_t>(kTensorsPerLayer), " tensors per layer; got ", count);
+  const int64_t intermediate = weights[kFfn1Weight].dim() == 2 ? weights[kFfn1Weight].size(0) : -1;
+  TORCH_CHECK(intermediate > 0, "fusedbert::encoder: weights[", static_cast<int64_t>(kFfn1Weight),
+              "] (ffn1_weight) must be [intermediate, hidden]; got ", weights[kFfn1Weight].sizes());
+
+  for (int64_t i = 0; i < count; ++i) {
+    const auto& w = weights[i];
+    const int64_t slot = i % kTensorsPerLayer;
+    TORCH_CHECK(w.defined(), "fusedbert::encoder: weights[", i, "] (layer ", i / kTensorsPerLayer, " ",
+                slot_name(slot), ") is undefined");
+    TORCH_CHECK(w.device() == hidden.device() && w.scalar_type() == dtype, "fusedbert::encoder: weights[", i,
+                "] (layer ", i / kTensorsPerLayer, " ", slot_name(slot), ") is ", w.scalar_type(), " on ",
+                w.device(), "; expected ", dtype, " on ", hidden.device(), " like hidden");
+    TORCH_CHECK(w.is_contiguous(), "fusedbert::encoder: weights[", i, "] (layer ", i / kTensorsPerLayer, " ",
+                slot_name(slot), ") must be contiguous");
+    std::vector<int64_t> expected;
+    switch (slot) {
+      case kQkvWeight: expected = {3 * width, width}; break;
+      case kQkvBias: expected = {3 * width}; break;
+      case kAttnOutWeight: expected = {width, width}; break;
+      case kFfn1Weight: expected = {intermediate, width}; break;
+      case kFfn1Bias: expected = {intermediate}; break;
+      case kFfn2Weight: expected = {width, intermediate}; break;
+      default: expected = {width}; break;  // biases and LayerNorm parameters of width H
+    }
+    TORCH_CHECK(w.sizes() == at::IntArrayRef(expected), "fusedbert::encoder: weights[", i, "] (layer ",
+                i / kTensorsPerLayer, " ", slot_name(slot), ") must be ", at::IntArrayRef(expected), "; got ",
+                w.sizes());
+  }
+
+  return EncoderDims{hidden.size(0), hidden.size(1), width, num_heads, width / num_heads,
+                     intermediate, count / kTensorsPerLayer, act};
+}
+
+}  // namespace fusedbert

@@ -1,0 +1,47 @@
+"""Loads the op library and registers the op's fake kernel and autograd formula.
+
+The C++ library alone defines and runs ``torch.ops.fusedbert.encoder``; this module adds what only
+Python tools need: shapes for torch.compile / torch.export, and a backward for captum.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .library import load_library
+from .reference import encoder_reference
+
+load_library()
+
+
+@torch.library.register_fake("fusedbert::encoder")
+def _encoder_fake(hidden, attention_mask, weights, num_heads, layer_norm_eps, activation, remove_padding):
+    torch._check(hidden.dim() == 3, lambda: f"hidden must be [batch, seq_len, hidden]; got {hidden.shape}")
+    torch._check(attention_mask.dim() == 2, lambda: f"attention_mask must be [batch, seq_len]; got {attention_mask.shape}")
+    torch._check(attention_mask.shape[0] == hidden.shape[0] and attention_mask.shape[1] == hidden.shape[1],
+                 lambda: f"attention_mask {attention_mask.shape} does not match hidden {hidden.shape}")
+    torch._check(len(weights) > 0 and len(weights) % 12 == 0, lambda: "weights must hold 12 tensors per layer")
+    return torch.empty_like(hidden, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    hidden, attention_mask, weights, num_heads, layer_norm_eps, activation, _ = inputs
+    ctx.save_for_backward(hidden, attention_mask, *weights)
+    ctx.layer_args = (num_heads, layer_norm_eps, activation)
+
+
+def _backward(ctx, grad_output):
+    # Recompute the forward through the plain ATen reference and differentiate that: the fused kernels
+    # need no backward of their own, and the gradient is exact for the same math. Gradients reach
+    # `hidden` only; the packed weights are buffers, not trained here.
+    hidden, attention_mask, *weights = ctx.saved_tensors
+    with torch.enable_grad():
+        hidden = hidden.detach().requires_grad_()
+        out = encoder_reference(hidden, attention_mask, weights, *ctx.layer_args)
+        (grad_hidden,) = torch.autograd.grad(out, hidden, grad_output)
+    return grad_hidden, None, None, None, None, None, None
+
+
+torch.library.register_autograd("fusedbert::encoder", _backward, setup_context=_setup_context)
+
+encoder = torch.ops.fusedbert.encoder
