@@ -39,7 +39,7 @@ def _backward(ctx, grad_output):
         hidden = hidden.detach().requires_grad_()
         out = encoder_reference(hidden, attention_mask, weights, *ctx.layer_args)
         (grad_hidden,) = torch.autograd.grad(out, hidden, grad_output)
-    return grad_hidden, None, None, None, None, None, None
+    return grad_hidden, None, [None] * len(weights), None, None, None, None
 
 
 torch.library.register_autograd("fusedbert::encoder", _backward, setup_context=_setup_context)
