@@ -1,0 +1,372 @@
+"""The TorchServe handler on TorchServe's own Context (no Java): every mode, both save modes, fused or not."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import struct
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from handler_support import (SEQUENCE_LABELS, TOKEN_LABELS, load_handler, make_context, run_batch,
+                             write_model_dir)
+
+MODES = ("sequence_classification", "token_classification", "question_answering", "feature_extraction")
+VARIANTS = [(save_mode, fused) for save_mode in ("pretrained", "torchscript") for fused in (False, True)]
+TEXTS = [
+    "Alice flew from Paris to Berlin with Bob.",
+    "Short one.",
+    "The fused encoder runs on real tokens only, so short requests batched with long ones cost little. " * 2,
+    "Emoji 🙂, Arabic مرحبا, e\u0301 combining, zero\u200bwidth and a NUL\x00 byte.",
+]
+QUESTIONS = [
+    {"question": "Where did Alice fly?", "context": TEXTS[0]},
+    {"question": "What do short requests cost?", "context": TEXTS[2]},
+    {"question": "Which emoji?", "context": TEXTS[3]},
+]
+SCORE_TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def handlers(minilm_path, tmp_path_factory):
+    """(mode, save_mode, fused) -> (handler, context), built once per module."""
+    cache = {}
+
+    def get(mode: str, save_mode: str = "torchscript", fused: bool = True):
+        key = (mode, save_mode, fused)
+        if key not in cache:
+            directory = write_model_dir(tmp_path_factory.mktemp("model"), minilm_path, mode, save_mode, fused)
+            cache[key] = load_handler(directory)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def hf_models(minilm_path):
+    """The Hugging Face models the handler's answers must equal (same seeded heads as the handler loads)."""
+    from fusedbert.tasks import load_model, load_tokenizer
+
+    cache = {}
+
+    def get(mode: str):
+        if mode not in cache:
+            cache[mode] = load_model(mode, str(minilm_path), {"sequence_classification": 3,
+                                                               "token_classification": 5}.get(mode))
+        return cache[mode], load_tokenizer(str(minilm_path))
+
+    return get
+
+
+def bodies(mode: str) -> list:
+    return QUESTIONS if mode == "question_answering" else TEXTS
+
+
+# ------------------------------------------------------------------------------------------ answers
+
+def expected_sequence_classification(model, tokenizer, text):
+    with torch.no_grad():
+        probabilities = model(**tokenizer(text, return_tensors="pt")).logits.softmax(-1)[0].tolist()
+    best = max(range(3), key=probabilities.__getitem__)
+    return SEQUENCE_LABELS[best], dict(zip(SEQUENCE_LABELS, probabilities))
+
+
+def expected_entities(model, tokenizer, text):
+    from transformers import pipeline
+
+    model.config.id2label = dict(enumerate(TOKEN_LABELS))
+    model.config.label2id = {n: i for i, n in enumerate(TOKEN_LABELS)}
+    ner = pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple",
+                   device="cpu")
+    return ner(text)
+
+
+def expected_qa(model, tokenizer, question, context, max_answer_len=15):
+    """Brute force over every span of context tokens (one window: these contexts fit in max_length)."""
+    encoding = tokenizer(question, context, return_tensors="pt", return_offsets_mapping=True)
+    offsets = encoding.pop("offset_mapping")[0].tolist()
+    with torch.no_grad():
+        out = model(**encoding)
+    is_context = torch.tensor([s == 1 for s in encoding.sequence_ids(0)])
+    start_p = out.start_logits[0].masked_fill(~is_context, -torch.inf).softmax(-1)
+    end_p = out.end_logits[0].masked_fill(~is_context, -torch.inf).softmax(-1)
+    candidates = [(float(start_p[i] * end_p[j]), i, j) for i in range(len(offsets)) for j in range(len(offsets))
+                  if is_context[i] and is_context[j] and i <= j < i + max_answer_len]
+    score, i, j = max(candidates)
+    return score, offsets[i][0], offsets[j][1]
+
+
+def expected_embedding(model, tokenizer, text):
+    encoding = tokenizer(text, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**encoding).last_hidden_state[0]
+    return F.normalize(hidden.mean(0), dim=-1)
+
+
+@pytest.mark.parametrize("save_mode,fused", VARIANTS)
+@pytest.mark.parametrize("mode", MODES)
+def test_answers_equal_hugging_face(handlers, hf_models, mode, save_mode, fused):
+    handler, context = handlers(mode, save_mode, fused)
+    model, tokenizer = hf_models(mode)
+    result = run_batch(handler, context, bodies(mode))
+    assert result.codes == [200] * len(bodies(mode))
+    for body, answer in zip(bodies(mode), result.responses):
+        if mode == "sequence_classification":
+            label, scores = expected_sequence_classification(model, tokenizer, body)
+            assert answer["label"] == label
+            assert answer["score"] == pytest.approx(scores[label], abs=SCORE_TOLERANCE)
+            assert answer["scores"] == pytest.approx(scores, abs=SCORE_TOLERANCE)
+        elif mode == "token_classification":
+            expected = expected_entities(model, tokenizer, body)
+            assert [(e["entity"], e["word"], e["start"], e["end"]) for e in answer] == \
+                [(e["entity_group"], e["word"], e["start"], e["end"]) for e in expected]
+            assert [e["score"] for e in answer] == pytest.approx([float(e["score"]) for e in expected],
+                                                                 abs=SCORE_TOLERANCE)
+        elif mode == "question_answering":
+            score, start, end = expected_qa(model, tokenizer, body["question"], body["context"])
+            assert (answer["start"], answer["end"]) == (start, end)
+            assert answer["answer"] == body["context"][start:end]
+            assert answer["score"] == pytest.approx(score, abs=SCORE_TOLERANCE)
+        else:
+            expected = expected_embedding(model, tokenizer, body)
+            assert torch.allclose(torch.tensor(answer["embedding"]), expected, atol=SCORE_TOLERANCE)
+
+
+@pytest.mark.parametrize("save_mode,fused", VARIANTS)
+@pytest.mark.parametrize("mode", MODES)
+def test_batched_answers_equal_answers_alone(handlers, mode, save_mode, fused):
+    handler, context = handlers(mode, save_mode, fused)
+    batched = run_batch(handler, context, bodies(mode)).responses
+    alone = [run_batch(handler, context, [body]).responses[0] for body in bodies(mode)]
+    # Same labels, spans and words; floats as close as a GEMM over a different row count allows.
+    for together, single in zip(batched, alone):
+        assert _discrete(together) == _discrete(single)
+        assert _floats(together) == pytest.approx(_floats(single), abs=1e-6)
+
+
+def _discrete(answer):
+    if isinstance(answer, list):
+        return [_discrete(a) for a in answer]
+    return {k: v for k, v in answer.items() if not isinstance(v, (float, list, dict))}
+
+
+def _floats(answer) -> list[float]:
+    if isinstance(answer, float):
+        return [answer]
+    if isinstance(answer, list):
+        return [f for a in answer for f in _floats(a)]
+    if isinstance(answer, dict):
+        return [f for v in answer.values() for f in _floats(v)]
+    return []
+
+
+def test_long_question_answering_context_is_split_into_windows(handlers, hf_models):
+    handler, context = handlers("question_answering")
+    filler = "Nothing about the answer is said in this sentence. " * 12
+    passage = filler + "The secret city is Lisbon. " + filler
+    answer = run_batch(handler, context, [{"question": "What is the secret city?", "context": passage}]).responses[0]
+    assert answer["answer"] == passage[answer["start"]:answer["end"]]
+    model, tokenizer = hf_models("question_answering")
+    windows = tokenizer("What is the secret city?", passage, truncation="only_second", max_length=64, stride=16,
+                        return_overflowing_tokens=True)["input_ids"]
+    assert len(windows) > 3, "the passage must need several windows"
+    # The best span over all windows: no window scores higher than the returned answer.
+    best = 0.0
+    for window in windows:
+        decoded_context = tokenizer.decode(window[window.index(tokenizer.sep_token_id) + 1:-1])
+        best = max(best, expected_qa(model, tokenizer, "What is the secret city?", decoded_context)[0])
+    assert answer["score"] == pytest.approx(best, abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ requests
+
+BAD_BODIES = {
+    "empty": b"",
+    "whitespace": "  \n\t ",
+    "invalid_utf8": b"caf\xc3(",
+    "binary_garbage": bytes(range(128, 256)),
+    "json_array": [1, 2, 3],
+    "json_number": 42,
+    "malformed_json": '{"text": "unterminated',
+    "text_not_string": {"text": 7},
+    "text_missing": {"txt": "typo"},
+    "text_empty": {"text": "   "},
+    "kserve_empty_instances": {"instances": []},
+    "kserve_bad_instance": {"instances": ["fine", {"text": None}]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_BODIES))
+def test_bad_request_gets_its_own_400_and_the_batch_is_answered(handlers, name):
+    handler, context = handlers("sequence_classification")
+    result = run_batch(handler, context, ["good one", BAD_BODIES[name], "good two"])
+    assert result.codes == [200, 400, 200]
+    error = result.responses[1]
+    assert error["code"] == 400 and error["message"]
+    assert result.statuses[1][1] == error["message"]
+    assert {"label", "score", "scores"} <= set(result.responses[0]) and {"label"} <= set(result.responses[2])
+
+
+@pytest.mark.parametrize("body,message", [
+    ({"context": "Some context."}, 'no "question" field'),
+    ({"question": "Who?"}, 'no "context" field'),
+    ({"question": ["Who?"], "context": "Some context."}, '"question" must be a string; got an array'),
+    ("just text", "needs a JSON object"),
+    ({"question": "why " * 60, "context": "Some context."}, "question is 60 tokens"),
+])
+def test_question_answering_rejects_incomplete_requests(handlers, body, message):
+    handler, context = handlers("question_answering")
+    result = run_batch(handler, context, [body, QUESTIONS[0]])
+    assert result.codes == [400, 200]
+    assert message in result.responses[0]["message"]
+
+
+@pytest.mark.parametrize("mode", ["sequence_classification", "feature_extraction", "token_classification"])
+def test_text_past_max_length_is_answered_and_marked_truncated(handlers, mode):
+    handler, context = handlers(mode)
+    long_text = "word " * 1000
+    result = run_batch(handler, context, [long_text, "short text"])
+    assert result.codes == [200, 200]
+    assert result.headers[0].get("X-Input-Truncated") == "true"
+    assert "X-Input-Truncated" not in result.headers[1]
+    if isinstance(result.responses[0], dict):
+        assert result.responses[0]["truncated"] is True
+        assert "truncated" not in result.responses[1]
+
+
+def test_request_shapes_give_the_same_answer(handlers):
+    handler, context = handlers("sequence_classification")
+    text = TEXTS[0]
+    result = run_batch(handler, context, [
+        text, text.encode(), bytearray(text.encode()), {"text": text}, json.dumps({"text": text}).encode(),
+        {"instances": [text, {"text": text}, {"data": text}]},
+        {"id": "r1", "inputs": [{"name": "input-0", "datatype": "BYTES", "shape": [2], "data": [text, text]}]},
+    ])
+    assert result.codes == [200] * 7
+    plain = result.responses[0]
+    assert result.responses[1:5] == [plain] * 4
+    assert result.responses[5] == {"predictions": [plain] * 3}
+    v2 = result.responses[6]
+    assert v2["id"] == "r1" and v2["model_name"] == "minilm"
+    assert v2["outputs"] == [{"name": "input-0", "datatype": "BYTES", "shape": [2], "data": [plain, plain]}]
+
+
+def test_unicode_edge_cases_are_answered_with_exact_offsets(handlers):
+    handler, context = handlers("question_answering")
+    contexts = ["🙂🙂 emoji first then words", "مرحبا بالعالم hello", "e\u0301te\u0301 combining", "a\u200bb zero width",
+                "NUL\x00inside the text", "\x00"]
+    result = run_batch(handler, context, [{"question": "What?", "context": c} for c in contexts])
+    assert result.codes == [200] * len(contexts)
+    for text, answer in zip(contexts, result.responses):
+        assert answer["answer"] == text[answer["start"]:answer["end"]]
+    assert result.responses[-1] == {"answer": "", "score": 0.0, "start": 0, "end": 0}
+
+
+def test_internal_error_answers_its_batch_with_500_and_the_handler_keeps_serving(handlers, monkeypatch):
+    handler, context = handlers("sequence_classification")
+
+    def broken(*args):
+        raise RuntimeError("simulated kernel failure")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(handler, "model", broken)
+        result = run_batch(handler, context, ["one", b"", "two"])
+    assert result.codes == [500, 400, 500]
+    assert result.responses[0]["message"] == "internal error: RuntimeError: simulated kernel failure"
+    assert run_batch(handler, context, ["one"]).codes == [200]
+
+
+def test_per_request_status_reaches_the_frontend_message(handlers):
+    """Through TorchServe's Service.predict: the bytes the worker sends to the frontend carry each
+    request's own code, reason phrase and body."""
+    from ts.service import Service
+
+    handler, _ = handlers("sequence_classification")
+    context = make_context(handler.context.system_properties["model_dir"])
+    service = Service("minilm", context.system_properties["model_dir"], context.manifest, handler.handle, None, 8,
+                      metrics_cache=context.metrics)
+    service.set_cl_socket(None)
+    batch = [{"requestId": f"id-{i}".encode(), "parameters": [{"name": "body", "value": v, "contentType": "text/plain"}]}
+             for i, v in enumerate([b"fine", b"\xff\xfe", b"also fine"])]
+    code, predictions = _decode_predict_response(service.predict(batch))
+    assert code == 200
+    assert [(p["id"], p["status"]) for p in predictions] == [("id-0", 200), ("id-1", 400), ("id-2", 200)]
+    assert predictions[1]["phrase"] == "request body is not valid UTF-8 (invalid byte at offset 0)"
+    assert json.loads(predictions[1]["body"])["code"] == 400
+    assert json.loads(predictions[0]["body"])["label"] in SEQUENCE_LABELS
+    assert predictions[0]["content_type"] == "application/json"
+
+
+def _decode_predict_response(message: bytes):
+    """Parse ts.protocol.otf_message_handler.create_predict_response's frame."""
+    position = 0
+
+    def integer():
+        nonlocal position
+        (value,) = struct.unpack_from("!i", message, position)
+        position += 4
+        return value
+
+    def chunk() -> bytes:
+        nonlocal position
+        length = integer()
+        position += length
+        return bytes(message[position - length:position])
+
+    code = integer()
+    chunk()  # batch message
+    predictions = []
+    while True:
+        length = integer()
+        if length == -1:
+            return code, predictions
+        position -= 4
+        prediction = {"id": chunk().decode(), "content_type": chunk().decode(), "status": integer(),
+                      "phrase": chunk().decode()}
+        prediction["headers"] = {chunk().decode(): chunk().decode() for _ in range(integer())}
+        prediction["body"] = chunk().decode()
+        predictions.append(prediction)
+
+
+def test_metrics_count_real_and_padded_tokens(handlers, minilm_tokenizer, caplog):
+    handler, context = handlers("sequence_classification")
+    texts = ["one two three four five six", "one"]
+    with caplog.at_level(logging.INFO, logger="ts.metrics.caching_metric"):
+        run_batch(handler, context, texts)
+    emitted = dict(re.findall(r"\[METRICS\](\w+)\.[^:]*:([0-9.]+)\|", caplog.text))
+    lengths = [len(minilm_tokenizer(t)["input_ids"]) for t in texts]
+    padded = max(lengths) * len(lengths) - sum(lengths)
+    assert float(emitted["RealTokens"]) == sum(lengths)
+    assert float(emitted["PaddedTokens"]) == padded
+    assert float(emitted["PaddingRatio"]) == pytest.approx(100 * padded / (max(lengths) * len(lengths)))
+    assert float(emitted["BatchSize"]) == 2
+    assert float(emitted["ModelTime"]) > 0
+
+
+# ------------------------------------------------------------------------------------- explanations
+
+@pytest.mark.parametrize("mode,fused", [("sequence_classification", False), ("sequence_classification", True),
+                                        ("question_answering", True), ("token_classification", True)])
+def test_explanations_in_pretrained_mode(handlers, mode, fused):
+    handler, context = handlers(mode, "pretrained", fused)
+    body = QUESTIONS[0] if mode == "question_answering" else {"text": TEXTS[0], "target": 1}
+    result = run_batch(handler, context, [body, bodies(mode)[1]], explain=[True, False])
+    assert result.codes == [200, 200]
+    explanation = result.responses[0]
+    suffixes = ["_answer_start", "_answer_end"] if mode == "question_answering" else [""]
+    for suffix in suffixes:
+        importances = explanation["importances" + suffix]
+        assert len(importances) == len(explanation["words"])
+        assert sum(v * v for v in importances) == pytest.approx(1.0, abs=1e-5)
+        assert isinstance(explanation["delta" + suffix], float)
+    assert "importances" not in result.responses[1]  # the other request of the batch got a prediction
+
+
+def test_explanations_in_torchscript_mode_say_they_need_pretrained(handlers):
+    handler, context = handlers("sequence_classification", "torchscript", True)
+    result = run_batch(handler, context, ["explain me", "predict me"], explain=[True, False])
+    assert result.codes == [501, 200]
+    assert 'explanations need "save_mode": "pretrained"' in result.responses[0]["message"]
