@@ -1,0 +1,1 @@
+"""The generalized TorchServe handler and its modes (installed as ``fusedbert_handler``)."""

@@ -1,0 +1,108 @@
+"""setup_config.json validation and load-time failures: each names its cause."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from handler_support import handler_module, load_handler, write_model_dir
+
+HandlerConfig = handler_module.HandlerConfig
+ConfigError = handler_module.ConfigError
+
+
+def test_original_example_config_with_string_values_is_accepted():
+    config = HandlerConfig.from_dict({
+        "model_name": "bert-base-uncased", "mode": "question_answering", "do_lower_case": "true",
+        "num_labels": "0", "save_mode": "pretrained", "max_length": "150", "captum_explanation": "false",
+        "embedding_name": "bert", "FasterTransformer": "true", "BetterTransformer": False, "model_parallel": "false",
+    })
+    assert (config.max_length, config.num_labels, config.do_lower_case, config.fused) == (150, None, True, True)
+    assert config.captum_explanation is False and config.question_answering_stride == 37
+
+
+@pytest.mark.parametrize("raw,message", [
+    ({}, '"mode" is required'),
+    ({"mode": "qa"}, '"mode" must be one of sequence_classification, question_answering, token_classification, '
+                     'feature_extraction; got "qa"'),
+    ({"mode": "feature_extraction", "max_length": "12x"}, '"max_length" must be an integer >= 8; got "12x"'),
+    ({"mode": "feature_extraction", "max_length": True}, '"max_length" must be an integer >= 8; got true'),
+    ({"mode": "feature_extraction", "do_lower_case": "yes"}, '"do_lower_case" must be true or false'),
+    ({"mode": "feature_extraction", "save_mode": "onnx"}, '"save_mode" must be one of torchscript, pretrained'),
+    ({"mode": "feature_extraction", "data_type": "int8"}, '"data_type" must be one of'),
+    ({"mode": "feature_extraction", "max_lenght": 64}, 'unknown key(s) "max_lenght"'),
+    ({"mode": "feature_extraction", "BetterTransformer": True}, '"BetterTransformer": true is not supported'),
+    ({"mode": "question_answering", "max_length": 64, "doc_stride": 40}, '"doc_stride" must be smaller than half'),
+    ({"mode": "sequence_classification", "num_labels": -1}, '"num_labels" must be an integer >= 0; got -1'),
+])
+def test_bad_key_is_named_in_the_error(raw, message):
+    with pytest.raises(ConfigError, match=None) as error:
+        HandlerConfig.from_dict(raw)
+    assert message in str(error.value)
+
+
+def test_missing_setup_config_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="setup_config.json not found"):
+        HandlerConfig.from_file(str(tmp_path / "setup_config.json"))
+
+
+@pytest.fixture(scope="module")
+def traced_dir(minilm_path, tmp_path_factory):
+    return write_model_dir(tmp_path_factory.mktemp("traced"), minilm_path, "sequence_classification", "torchscript",
+                           True)
+
+
+def copy_with(directory, tmp_path, **settings):
+    target = tmp_path / "model"
+    shutil.copytree(directory, target)
+    config = json.loads((target / "setup_config.json").read_text()) | settings
+    (target / "setup_config.json").write_text(json.dumps(config))
+    return target
+
+
+def test_float16_on_cpu_is_refused_at_load(traced_dir, tmp_path):
+    with pytest.raises(ConfigError, match='"data_type": "float16" needs a GPU'):
+        load_handler(copy_with(traced_dir, tmp_path, data_type="fp16"))
+
+
+def test_torchscript_without_serialized_file_is_refused(traced_dir, tmp_path):
+    with pytest.raises(ConfigError, match="--serialized-file"):
+        load_handler(copy_with(traced_dir, tmp_path), serialized_file=None)
+
+
+def test_label_file_must_match_the_model_outputs(traced_dir, tmp_path):
+    target = copy_with(traced_dir, tmp_path)
+    (target / "index_to_name.json").write_text(json.dumps({"0": "a", "1": "b"}))
+    with pytest.raises(ConfigError, match="index_to_name.json names 2 labels but the model outputs 3"):
+        load_handler(target)
+
+
+def test_op_library_built_for_another_torch_is_refused(traced_dir, tmp_path):
+    import fusedbert
+
+    target = copy_with(traced_dir, tmp_path)
+    library = open(fusedbert.library_path(), "rb").read()
+    marker = f"FUSEDBERT_BUILD torch={__import__('torch').__version__} ".encode()
+    assert marker in library
+    (target / "_C.abi3.so").write_bytes(library.replace(marker, b"FUSEDBERT_BUILD torch=1.0.0+other "))
+    with pytest.raises(Exception, match="built for torch 1.0.0\\+other but this process runs torch") as error:
+        load_handler(target)
+    assert type(error.value).__name__ == "LibraryMismatchError"
+
+
+def test_shipped_op_library_is_the_one_loaded(traced_dir, tmp_path):
+    import fusedbert
+
+    target = copy_with(traced_dir, tmp_path)
+    shutil.copy(fusedbert.library_path(), target / "_C.abi3.so")
+    handler, _ = load_handler(target)
+    assert handler.op_library == str(target / "_C.abi3.so")
+
+
+def test_handler_module_defines_exactly_one_class():
+    # TorchServe instantiates the module's only class; a second one makes the model fail to load.
+    from ts.utils.util import list_classes_from_module
+
+    assert list_classes_from_module(handler_module) == [handler_module.TransformersFusedHandler]
