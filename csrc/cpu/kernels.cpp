@@ -8,6 +8,7 @@
 
 #include "kernels.h"
 
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -32,14 +33,6 @@ inline void to_float(const scalar_t* src, float* dst, int64_t n) {
 template <typename scalar_t>
 inline void from_float(const float* src, scalar_t* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
-}
-
-// dst[i] = op(dst[i]) over n floats: vector body, scalar tail through the same op on a padded vector.
-template <typename Op>
-inline void map_inplace(float* dst, int64_t n, const Op& op) {
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) op(Vec::loadu(dst + i)).store(dst + i);
-  if (i < n) op(Vec::loadu(dst + i, n - i)).store(dst + i, n - i);
 }
 
 inline Vec gelu_erf(const Vec& x) {
@@ -144,80 +137,34 @@ void bias_residual_layernorm_kernel(
   });
 }
 
-// One (sequence, head) task: gather this head's Q (pre-scaled), K transposed and V into float buffers
-// with the bias added, then for each query row softmax(q K^T) V. K is transposed so that both inner loops
-// (scores over keys, context over head_dim) are unit-stride axpys that vectorize for any head_dim.
-template <typename scalar_t>
-void attention_kernel(
+// One task per sequence: its rows of qkv, in float32 with the bias added, become [3, heads, L, d] views;
+// two batched GEMMs over the heads (MKL) and a float softmax give the context. Inside at::parallel_for
+// the ATen calls run single-threaded, so sequences, not GEMMs, share the cores.
+void attention_by_sequence(
     const at::Tensor& qkv, const at::Tensor& qkv_bias, at::Tensor& context, const int64_t* cu_seqlens,
     int64_t batch, int64_t num_heads, const bool* key_is_real) {
   const int64_t width = context.size(1);
   const int64_t head_dim = width / num_heads;
-  const scalar_t* qkv_data = qkv.data_ptr<scalar_t>();
-  scalar_t* ctx_data = context.data_ptr<scalar_t>();
-  std::vector<float> bias_f(3 * width);
-  to_float(qkv_bias.data_ptr<scalar_t>(), bias_f.data(), 3 * width);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-
-  at::parallel_for(0, batch * num_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> q, kt, v, scores, acc(head_dim);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / num_heads, h = task % num_heads;
+  const at::Tensor bias_f = qkv_bias.to(at::kFloat);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
       const int64_t start = cu_seqlens[b], len = cu_seqlens[b + 1] - cu_seqlens[b];
       if (len == 0) continue;
-      q.resize(len * head_dim);
-      kt.resize(head_dim * len);
-      v.resize(len * head_dim);
-      scores.resize(len);
-      const float* bq = bias_f.data() + h * head_dim;
-      const float* bk = bq + width;
-      const float* bv = bk + width;
-      for (int64_t j = 0; j < len; ++j) {
-        const scalar_t* row = qkv_data + (start + j) * 3 * width + h * head_dim;
-        for (int64_t c = 0; c < head_dim; ++c) {
-          q[j * head_dim + c] = (static_cast<float>(row[c]) + bq[c]) * scale;
-          kt[c * len + j] = static_cast<float>(row[width + c]) + bk[c];
-          v[j * head_dim + c] = static_cast<float>(row[2 * width + c]) + bv[c];
+      const at::Tensor rows = qkv.narrow(0, start, len).to(at::kFloat).add_(bias_f);
+      const at::Tensor heads = rows.view({len, 3, num_heads, head_dim}).permute({1, 2, 0, 3});
+      at::Tensor scores = at::bmm(heads[0] * scale, heads[1].transpose(1, 2));  // [heads, L, L]
+      if (key_is_real) {
+        const at::Tensor keys = at::from_blob(const_cast<bool*>(key_is_real + start), {len}, at::kBool);
+        if (!keys.any().item<bool>()) {  // no real key: this (padding) sequence's rows are zeros
+          context.narrow(0, start, len).zero_();
+          continue;
         }
+        scores.masked_fill_(keys.logical_not().view({1, 1, len}), -std::numeric_limits<float>::infinity());
       }
-      for (int64_t i = 0; i < len; ++i) {
-        std::fill(scores.begin(), scores.end(), 0.0f);
-        for (int64_t c = 0; c < head_dim; ++c) {
-          const Vec qc(q[i * head_dim + c]);
-          const float* krow = kt.data() + c * len;
-          int64_t j = 0;
-          for (; j + kLanes <= len; j += kLanes) {
-            at::vec::fmadd(qc, Vec::loadu(krow + j), Vec::loadu(scores.data() + j)).store(scores.data() + j);
-          }
-          for (; j < len; ++j) scores[j] += q[i * head_dim + c] * krow[j];
-        }
-        float max_score = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < len; ++j) {
-          if (key_is_real && !key_is_real[start + j]) scores[j] = -std::numeric_limits<float>::infinity();
-          max_score = std::max(max_score, scores[j]);
-        }
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        float denom = 0.0f;
-        if (max_score != -std::numeric_limits<float>::infinity()) {  // else every key is masked: zeros
-          const Vec max_v(max_score);
-          map_inplace(scores.data(), len, [&](const Vec& s) { return (s - max_v).exp(); });
-          for (int64_t j = 0; j < len; ++j) {
-            const float p = scores[j];
-            if (p == 0.0f) continue;
-            denom += p;
-            const Vec p_v(p);
-            const float* vrow = v.data() + j * head_dim;
-            int64_t c = 0;
-            for (; c + kLanes <= head_dim; c += kLanes) {
-              at::vec::fmadd(p_v, Vec::loadu(vrow + c), Vec::loadu(acc.data() + c)).store(acc.data() + c);
-            }
-            for (; c < head_dim; ++c) acc[c] += p * vrow[c];
-          }
-        }
-        const float inv = denom > 0.0f ? 1.0f / denom : 0.0f;
-        scalar_t* out = ctx_data + (start + i) * width + h * head_dim;
-        for (int64_t c = 0; c < head_dim; ++c) out[c] = static_cast<scalar_t>(acc[c] * inv);
-      }
+      const at::Tensor probs = at::_softmax(scores, -1, false);
+      const at::Tensor ctx = at::bmm(probs, heads[2]);  // [heads, L, d]
+      context.narrow(0, start, len).copy_(ctx.permute({1, 0, 2}).reshape({len, width}));
     }
   });
 }
@@ -241,9 +188,7 @@ void bias_residual_layernorm_(
 void packed_attention(
     const at::Tensor& qkv, const at::Tensor& qkv_bias, at::Tensor& context, const int64_t* cu_seqlens,
     int64_t batch, int64_t num_heads, const bool* key_is_real) {
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, qkv.scalar_type(), "fusedbert_packed_attention", [&] {
-    attention_kernel<scalar_t>(qkv, qkv_bias, context, cu_seqlens, batch, num_heads, key_is_real);
-  });
+  attention_by_sequence(qkv, qkv_bias, context, cu_seqlens, batch, num_heads, key_is_real);
 }
 
 }  // namespace fusedbert::cpu
