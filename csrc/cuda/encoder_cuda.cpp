@@ -1,0 +1,144 @@
+// The encoder on CUDA: pack real tokens on the device, run every layer on [T, H], scatter back.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../encoder_args.h"
+#include "gemm.h"
+#include "kernels.h"
+
+#include <cstdint>
+#include <limits>
+
+namespace fusedbert::cuda {
+namespace {
+
+bool aligned_16(const at::Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+}
+
+// [B, 1, 1, S] additive key bias for a padded batch run without padding removal: 0 for a real key,
+// -inf for padding. Its rows live in storage padded to 16 elements, the alignment memory-efficient
+// attention needs for a bias; broadcast over heads and queries by an expand, never materialized.
+at::Tensor key_padding_bias(const at::Tensor& attention_mask, at::ScalarType dtype) {
+  const int64_t batch = attention_mask.size(0), seq_len = attention_mask.size(1);
+  const int64_t padded_len = (seq_len + 15) / 16 * 16;
+  at::Tensor bias = at::zeros({batch, 1, 1, padded_len}, attention_mask.options().dtype(dtype)).narrow(3, 0, seq_len);
+  bias.masked_fill_(attention_mask.view({batch, 1, 1, seq_len}) == 0, -std::numeric_limits<double>::infinity());
+  return bias;
+}
+
+// Self-attention of qkv [rows, 3H] (biases added) -> context [rows, H]. Q, K and V are strided views of
+// qkv with heads split in place: no copies. Packed rows (no key_bias) attend within their sequence by
+// cu_seqlens; padded rows (key_bias given) attend over their sequence's S rows with padding keys masked.
+at::Tensor self_attention(
+    const at::Tensor& qkv, const PackedBatch& packed, const at::Tensor& key_bias, const EncoderDims& dims) {
+  const int64_t rows = qkv.size(0), width = dims.hidden;
+  auto part = [&](int64_t index) {
+    return qkv.narrow(1, index * width, width).view({rows, dims.num_heads, dims.head_dim});
+  };
+  const at::Tensor q = part(0), k = part(1), v = part(2);
+  if (key_bias.defined()) {
+    const int64_t batch = dims.batch, seq_len = dims.seq_len;
+    auto padded = [&](const at::Tensor& t) { return t.view({batch, seq_len, dims.num_heads, dims.head_dim}); };
+    auto result = at::_efficient_attention_forward(
+        padded(q), padded(k), padded(v), key_bias.expand({batch, dims.num_heads, seq_len, seq_len}),
+        /*cu_seqlens_q=*/std::nullopt, /*cu_seqlens_k=*/std::nullopt, /*max_seqlen_q=*/std::nullopt,
+        /*max_seqlen_k=*/std::nullopt, /*dropout_p=*/0.0, /*custom_mask_type=*/0, /*compute_log_sumexp=*/false);
+    return std::get<0>(result).reshape({rows, width});
+  }
+  const int64_t max_seqlen = packed.max_seqlen;
+  if (qkv.scalar_type() == at::kFloat) {
+    // Flash attention has no float32 kernel; memory-efficient attention does, exactly (no TF32).
+    auto result = at::_efficient_attention_forward(
+        q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), /*bias=*/std::nullopt, packed.cu_seqlens, packed.cu_seqlens,
+        max_seqlen, max_seqlen, /*dropout_p=*/0.0, /*custom_mask_type=*/0, /*compute_log_sumexp=*/false);
+    return std::get<0>(result).reshape({rows, width});
+  }
+  auto result = at::_flash_attention_forward(q, k, v, packed.cu_seqlens, packed.cu_seqlens, max_seqlen, max_seqlen,
+                                             /*dropout_p=*/0.0, /*is_causal=*/false, /*return_debug_mask=*/false);
+  return std::get<0>(result).reshape({rows, width});
+}
+
+// One post-LN BERT layer on rows x [rows, H]:
+//   x = LN1(x + O(attn(QKV(x)))),  x = LN2(x + FFN2(act(FFN1(x))))
+// The QKV bias and FFN1's bias (+ tanh GELU or ReLU) run in the GEMM epilogue; the output projections'
+// biases fold into the residual + LayerNorm kernel.
+at::Tensor run_layer(
+    const at::Tensor& x, at::TensorList weights, int64_t layer, const EncoderDims& dims, double eps,
+    const PackedBatch& packed, const at::Tensor& key_bias, const at::Tensor& workspace) {
+  auto w = [&](WeightSlot slot) -> const at::Tensor& { return layer_weight(weights, layer, slot); };
+  const int64_t rows = x.size(0), width = dims.hidden;
+
+  at::Tensor attn = at::empty({rows, width}, x.options());
+  {  // qkv and context go back to the allocator before the FFN's larger buffer is taken
+    at::Tensor qkv = at::empty({rows, 3 * width}, x.options());
+    linear(qkv, x, w(kQkvWeight), w(kQkvBias), Epilogue::Bias, workspace);
+    const at::Tensor context = self_attention(qkv, packed, key_bias, dims);
+    linear(attn, context, w(kAttnOutWeight), {}, Epilogue::None, workspace);
+  }
+  bias_residual_layernorm_(attn, w(kAttnOutBias), x, w(kLn1Weight), w(kLn1Bias), eps);
+
+  at::Tensor inner = at::empty({rows, dims.intermediate}, x.options());
+  switch (dims.activation) {
+    case Activation::GeluErf:
+      linear(inner, attn, w(kFfn1Weight), {}, Epilogue::None, workspace);
+      bias_activation_(inner, w(kFfn1Bias), Activation::GeluErf);
+      break;
+    case Activation::GeluTanh:
+      linear(inner, attn, w(kFfn1Weight), w(kFfn1Bias), Epilogue::BiasGeluTanh, workspace);
+      break;
+    case Activation::Relu:
+      linear(inner, attn, w(kFfn1Weight), w(kFfn1Bias), Epilogue::BiasRelu, workspace);
+      break;
+  }
+  at::Tensor out = at::empty({rows, width}, x.options());
+  linear(out, inner, w(kFfn2Weight), {}, Epilogue::None, workspace);
+  bias_residual_layernorm_(out, w(kFfn2Bias), attn, w(kLn2Weight), w(kLn2Bias), eps);
+  return out;
+}
+
+at::Tensor encoder_cuda(
+    const at::Tensor& hidden, const at::Tensor& attention_mask, at::TensorList weights, int64_t num_heads,
+    double layer_norm_eps, c10::string_view activation, bool remove_padding) {
+  const EncoderDims dims = check_encoder_args(hidden, attention_mask, weights, num_heads, layer_norm_eps, activation);
+  // 16-byte vector accesses in the fused kernels and flash attention's head sizes need these.
+  TORCH_CHECK(dims.hidden % 8 == 0 && dims.head_dim % 8 == 0 && dims.intermediate % 8 == 0,
+              "fusedbert::encoder (CUDA): hidden size, head size and intermediate size must be multiples of 8; got "
+              "hidden ", dims.hidden, ", head ", dims.head_dim, ", intermediate ", dims.intermediate);
+  const c10::cuda::CUDAGuard device_guard(hidden.device());
+
+  const int64_t rows = dims.batch * dims.seq_len;
+  const at::Tensor flat = hidden.contiguous().view({rows, dims.hidden});
+  const PackedBatch packed = find_real_tokens(attention_mask);
+  // A value other than 0 or 1 usually means a float additive mask (0 / -inf) or a flattened 4-D mask
+  // passed by mistake; treating it as "nonzero = real" would give silently wrong numbers.
+  if (packed.first_invalid >= 0) {
+    const int64_t b = packed.first_invalid / dims.seq_len, s = packed.first_invalid % dims.seq_len;
+    TORCH_CHECK(false, "fusedbert::encoder: attention_mask values must be 0 or 1; found ",
+                attention_mask[b][s].item<int64_t>(), " at [", b, ", ", s, "]");
+  }
+  if (packed.total_tokens == 0) return at::zeros({dims.batch, dims.seq_len, dims.hidden}, hidden.options());
+
+  at::Tensor x;
+  at::Tensor key_bias;  // only without padding removal: padded rows stay in, masked as keys
+  if (remove_padding) {
+    x = gather_real_tokens(flat, packed);
+  } else {
+    x = aligned_16(flat) ? flat : flat.clone();
+    key_bias = key_padding_bias(attention_mask, hidden.scalar_type());
+  }
+  const at::Tensor workspace = gemm_workspace(x);
+  for (int64_t layer = 0; layer < dims.num_layers; ++layer) {
+    x = run_layer(x, weights, layer, dims, layer_norm_eps, packed, key_bias, workspace);
+  }
+  // Padding positions come back as zeros in both modes, as on CPU.
+  return scatter_real_tokens(x, packed, remove_padding).view({dims.batch, dims.seq_len, dims.hidden});
+}
+
+}  // namespace
+}  // namespace fusedbert::cuda
+
+TORCH_LIBRARY_IMPL(fusedbert, CUDA, m) {
+  m.impl("encoder", &fusedbert::cuda::encoder_cuda);
+}

@@ -1,0 +1,188 @@
+#include "gemm.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/Exceptions.h>
+#include <cublasLt.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <unordered_map>
+
+namespace fusedbert::cuda {
+namespace {
+
+// Hopper's fastest cuBLASLt kernels want up to 32 MiB of workspace; it comes from the caching
+// allocator, so asking once per encoder call costs no cudaMalloc after the first.
+constexpr int64_t kWorkspaceBytes = int64_t{32} << 20;
+
+// Everything a cuBLASLt plan depends on. `alignment` is the largest power of two (at most 256) that
+// divides every buffer address: algorithms that need more are excluded, as cuBLASLt asks.
+struct PlanKey {
+  at::ScalarType dtype;
+  int64_t m, n, k;
+  Epilogue epilogue;
+  bool tf32;
+  int64_t alignment;
+
+  bool operator==(const PlanKey& o) const {
+    return dtype == o.dtype && m == o.m && n == o.n && k == o.k && epilogue == o.epilogue && tf32 == o.tf32 &&
+           alignment == o.alignment;
+  }
+};
+
+struct PlanKeyHash {
+  size_t operator()(const PlanKey& key) const {
+    size_t h = std::hash<int64_t>()(key.m);
+    for (int64_t v : {key.n, key.k, static_cast<int64_t>(key.dtype), static_cast<int64_t>(key.epilogue),
+                      static_cast<int64_t>(key.tf32), key.alignment}) {
+      h = h * 1000003u ^ std::hash<int64_t>()(v);
+    }
+    return h;
+  }
+};
+
+struct DescDeleter {
+  void operator()(cublasLtMatmulDescOpaque_t* p) const { cublasLtMatmulDescDestroy(p); }
+};
+struct LayoutDeleter {
+  void operator()(cublasLtMatrixLayoutOpaque_t* p) const { cublasLtMatrixLayoutDestroy(p); }
+};
+struct PreferenceDeleter {
+  void operator()(cublasLtMatmulPreferenceOpaque_t* p) const { cublasLtMatmulPreferenceDestroy(p); }
+};
+using DescPtr = std::unique_ptr<cublasLtMatmulDescOpaque_t, DescDeleter>;
+using LayoutPtr = std::unique_ptr<cublasLtMatrixLayoutOpaque_t, LayoutDeleter>;
+using PreferencePtr = std::unique_ptr<cublasLtMatmulPreferenceOpaque_t, PreferenceDeleter>;
+
+cudaDataType_t cuda_dtype(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return CUDA_R_32F;
+    case at::kHalf: return CUDA_R_16F;
+    case at::kBFloat16: return CUDA_R_16BF;
+    default: TORCH_CHECK(false, "fusedbert::encoder (CUDA): no cuBLASLt GEMM for dtype ", dtype);
+  }
+}
+
+cublasLtEpilogue_t cublaslt_epilogue(Epilogue epilogue) {
+  switch (epilogue) {
+    case Epilogue::None: return CUBLASLT_EPILOGUE_DEFAULT;
+    case Epilogue::Bias: return CUBLASLT_EPILOGUE_BIAS;
+    case Epilogue::BiasRelu: return CUBLASLT_EPILOGUE_RELU_BIAS;
+    case Epilogue::BiasGeluTanh: return CUBLASLT_EPILOGUE_GELU_BIAS;
+  }
+  return CUBLASLT_EPILOGUE_DEFAULT;
+}
+
+LayoutPtr column_major(cudaDataType_t dtype, int64_t rows, int64_t cols) {
+  cublasLtMatrixLayout_t layout = nullptr;
+  TORCH_CUDABLAS_CHECK(cublasLtMatrixLayoutCreate(&layout, dtype, rows, cols, rows));
+  return LayoutPtr(layout);
+}
+
+// Row-major out[n, m] = in[n, k] @ weight[m, k]^T, read column-major, is D[m, n] = op(A) B with
+// A = weight stored [k, m] (op = transpose), B = in stored [k, n] and D = out stored [m, n]: nn.Linear's
+// layout feeds cuBLASLt with no copy, and the bias runs along D's m rows as the epilogue expects.
+class Plan {
+ public:
+  explicit Plan(const PlanKey& key) : has_bias_(key.epilogue != Epilogue::None) {
+    const cudaDataType_t dtype = cuda_dtype(key.dtype);
+    const cublasComputeType_t compute =
+        key.dtype == at::kFloat && key.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    cublasLtMatmulDesc_t desc = nullptr;
+    TORCH_CUDABLAS_CHECK(cublasLtMatmulDescCreate(&desc, compute, CUDA_R_32F));
+    desc_.reset(desc);
+    const cublasOperation_t transpose = CUBLAS_OP_T, keep = CUBLAS_OP_N;
+    TORCH_CUDABLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof(transpose)));
+    TORCH_CUDABLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &keep, sizeof(keep)));
+    const cublasLtEpilogue_t epilogue = cublaslt_epilogue(key.epilogue);
+    TORCH_CUDABLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+    a_ = column_major(dtype, key.k, key.m);
+    b_ = column_major(dtype, key.k, key.n);
+    d_ = column_major(dtype, key.m, key.n);
+
+    cublasLtMatmulPreference_t preference = nullptr;
+    TORCH_CUDABLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference));
+    const PreferencePtr preference_owner(preference);
+    const uint64_t workspace = kWorkspaceBytes;
+    TORCH_CUDABLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)));
+    const uint32_t alignment = static_cast<uint32_t>(key.alignment);
+    for (auto attribute : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                           CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
+      TORCH_CUDABLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, attribute, &alignment, sizeof(alignment)));
+    }
+    cublasLtMatmulHeuristicResult_t result = {};
+    int found = 0;
+    TORCH_CUDABLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(at::cuda::getCurrentCUDABlasLtHandle(), desc, a_.get(), b_.get(),
+                                                        d_.get(), d_.get(), preference, 1, &result, &found));
+    TORCH_CHECK(found > 0, "fusedbert::encoder (CUDA): cuBLASLt has no algorithm for a ", key.dtype, " GEMM [", key.n,
+                ", ", key.k, "] x [", key.k, ", ", key.m, "] with epilogue ", static_cast<int>(key.epilogue));
+    algo_ = result.algo;
+  }
+
+  void run(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
+           const at::Tensor& workspace) const {
+    if (has_bias_) {
+      // Set per call: the plan is shared by every layer, each with its own bias.
+      const void* bias_ptr = bias.data_ptr();
+      TORCH_CUDABLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr,
+                                                          sizeof(bias_ptr)));
+    }
+    const float alpha = 1.0f, beta = 0.0f;
+    TORCH_CUDABLAS_CHECK(cublasLtMatmul(at::cuda::getCurrentCUDABlasLtHandle(), desc_.get(), &alpha, weight.data_ptr(),
+                                        a_.get(), in.data_ptr(), b_.get(), &beta, out.data_ptr(), d_.get(),
+                                        out.data_ptr(), d_.get(), &algo_, workspace.data_ptr(),
+                                        static_cast<size_t>(workspace.nbytes()), at::cuda::getCurrentCUDAStream()));
+  }
+
+ private:
+  bool has_bias_;
+  DescPtr desc_;
+  LayoutPtr a_, b_, d_;
+  cublasLtMatmulAlgo_t algo_;
+};
+
+// A heuristic query costs microseconds of host time and a call issues 4 GEMMs per layer in 4 distinct
+// shapes, so plans are cached. Per thread: the bias pointer is written into the shared descriptor at
+// each run, which must not race.
+const Plan& plan_for(const PlanKey& key) {
+  constexpr size_t kMaxPlans = 1024;  // distinct token counts keep arriving in a server; bound the cache
+  thread_local std::unordered_map<PlanKey, std::unique_ptr<Plan>, PlanKeyHash> plans;
+  auto found = plans.find(key);
+  if (found != plans.end()) return *found->second;
+  if (plans.size() >= kMaxPlans) plans.clear();
+  return *plans.emplace(key, std::make_unique<Plan>(key)).first->second;
+}
+
+int64_t common_alignment(std::initializer_list<const void*> pointers) {
+  uintptr_t bits = 256;
+  for (const void* p : pointers) bits |= reinterpret_cast<uintptr_t>(p);
+  return static_cast<int64_t>(bits & (~bits + 1));  // lowest set bit
+}
+
+}  // namespace
+
+at::Tensor gemm_workspace(const at::Tensor& like) {
+  return at::empty({kWorkspaceBytes}, like.options().dtype(at::kByte));
+}
+
+void linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias, Epilogue epilogue,
+            const at::Tensor& workspace) {
+  const int64_t tokens = in.size(0);
+  if (tokens == 0) return;
+  const bool has_bias = epilogue != Epilogue::None;
+  const PlanKey key{in.scalar_type(),
+                    weight.size(0),
+                    tokens,
+                    weight.size(1),
+                    epilogue,
+                    at::globalContext().allowTF32CuBLAS(),
+                    common_alignment({out.data_ptr(), in.data_ptr(), weight.data_ptr(),
+                                      has_bias ? bias.data_ptr() : nullptr})};
+  plan_for(key).run(out, in, weight, bias, workspace);
+}
+
+}  // namespace fusedbert::cuda

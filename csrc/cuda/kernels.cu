@@ -1,0 +1,400 @@
+#include "kernels.h"
+
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <cub/block/block_scan.cuh>
+
+#include <climits>
+#include <cstdint>
+
+namespace fusedbert::cuda {
+namespace {
+
+// Calls fn with a value of the storage type: the three dtypes check_encoder_args admits, no others.
+template <typename Fn>
+void dispatch_storage_type(at::ScalarType dtype, const char* what, Fn&& fn) {
+  switch (dtype) {
+    case at::kFloat: fn(float{}); break;
+    case at::kHalf: fn(at::Half{}); break;
+    case at::kBFloat16: fn(at::BFloat16{}); break;
+    default: TORCH_CHECK(false, "fusedbert::encoder (CUDA) ", what, ": unsupported dtype ", dtype);
+  }
+}
+
+// kVec elements moved as one 16-byte access.
+template <typename scalar_t>
+constexpr int kVec = 16 / sizeof(scalar_t);
+
+template <typename scalar_t>
+struct alignas(16) Pack {
+  scalar_t v[kVec<scalar_t>];
+};
+
+template <typename scalar_t>
+__device__ __forceinline__ Pack<scalar_t> load_pack(const scalar_t* p) {
+  return *reinterpret_cast<const Pack<scalar_t>*>(p);
+}
+
+template <typename scalar_t>
+__device__ __forceinline__ void store_pack(scalar_t* p, const Pack<scalar_t>& pack) {
+  *reinterpret_cast<Pack<scalar_t>*>(p) = pack;
+}
+
+// ---- padding removal --------------------------------------------------------------------------------
+
+constexpr int kRankThreads = 256;
+constexpr int kSummaryThreads = 1024;
+
+// One block per sequence: scans its mask row in chunks, giving each real token its rank among the
+// sequence's real tokens, and records the sequence's length and its first mask value other than 0/1.
+template <typename mask_t>
+__global__ void rank_real_tokens_kernel(
+    const mask_t* __restrict__ mask, int64_t seq_len, int32_t* __restrict__ rank,
+    int32_t* __restrict__ seqlens, long long* __restrict__ first_invalid) {
+  using Scan = cub::BlockScan<int32_t, kRankThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ int32_t carry;
+  __shared__ long long invalid;
+  const int64_t row_start = static_cast<int64_t>(blockIdx.x) * seq_len;
+  if (threadIdx.x == 0) {
+    carry = 0;
+    invalid = LLONG_MAX;
+  }
+  __syncthreads();
+  for (int64_t chunk = 0; chunk < seq_len; chunk += kRankThreads) {
+    const int64_t s = chunk + threadIdx.x;
+    int32_t real = 0;
+    if (s < seq_len) {
+      const auto value = static_cast<long long>(mask[row_start + s]);
+      real = value != 0;
+      if (value != 0 && value != 1) atomicMin(&invalid, static_cast<long long>(row_start + s));
+    }
+    int32_t offset, chunk_count;
+    Scan(scan_storage).ExclusiveSum(real, offset, chunk_count);
+    if (s < seq_len) rank[row_start + s] = real ? carry + offset : -1;
+    __syncthreads();  // every thread has read `carry` and the scan storage is free again
+    if (threadIdx.x == 0) carry += chunk_count;
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    seqlens[blockIdx.x] = carry;
+    first_invalid[blockIdx.x] = invalid;
+  }
+}
+
+// One block: cu_seqlens by an inclusive scan over the lengths, plus the summary the host reads back:
+// {total tokens, longest sequence, first invalid mask position or LLONG_MAX}.
+__global__ void summarize_kernel(
+    const int32_t* __restrict__ seqlens, const long long* __restrict__ first_invalid, int64_t batch,
+    int32_t* __restrict__ cu_seqlens, long long* __restrict__ summary) {
+  using Scan = cub::BlockScan<int32_t, kSummaryThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ int32_t carry;
+  __shared__ int32_t longest;
+  __shared__ long long invalid;
+  if (threadIdx.x == 0) {
+    carry = 0;
+    longest = 0;
+    invalid = LLONG_MAX;
+    cu_seqlens[0] = 0;
+  }
+  __syncthreads();
+  for (int64_t chunk = 0; chunk < batch; chunk += kSummaryThreads) {
+    const int64_t b = chunk + threadIdx.x;
+    const int32_t len = b < batch ? seqlens[b] : 0;
+    if (b < batch) {
+      atomicMax(&longest, len);
+      atomicMin(&invalid, first_invalid[b]);
+    }
+    int32_t inclusive, chunk_total;
+    Scan(scan_storage).InclusiveSum(len, inclusive, chunk_total);
+    if (b < batch) cu_seqlens[b + 1] = carry + inclusive;
+    __syncthreads();
+    if (threadIdx.x == 0) carry += chunk_total;
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    summary[0] = carry;
+    summary[1] = longest;
+    summary[2] = invalid;
+  }
+}
+
+// Row copies are dtype-agnostic: unit_t is the widest access (16, 8, 4 or 2 bytes) that the row size
+// and both base pointers allow. One block per padded position.
+template <typename unit_t>
+__global__ void gather_rows_kernel(
+    const unit_t* __restrict__ hidden, const int32_t* __restrict__ rank, const int32_t* __restrict__ cu_seqlens,
+    int64_t seq_len, int64_t units_per_row, unit_t* __restrict__ packed) {
+  const int64_t position = blockIdx.x;
+  const int32_t r = rank[position];
+  if (r < 0) return;
+  const int64_t dest = cu_seqlens[position / seq_len] + r;
+  for (int64_t i = threadIdx.x; i < units_per_row; i += blockDim.x) {
+    packed[dest * units_per_row + i] = hidden[position * units_per_row + i];
+  }
+}
+
+template <typename unit_t>
+__global__ void scatter_rows_kernel(
+    const unit_t* __restrict__ rows, const int32_t* __restrict__ rank, const int32_t* __restrict__ cu_seqlens,
+    int64_t seq_len, int64_t units_per_row, bool rows_are_packed, unit_t* __restrict__ out) {
+  const int64_t position = blockIdx.x;
+  const int32_t r = rank[position];
+  unit_t* dst = out + position * units_per_row;
+  if (r < 0) {
+    for (int64_t i = threadIdx.x; i < units_per_row; i += blockDim.x) dst[i] = unit_t{};
+    return;
+  }
+  const int64_t src_row = rows_are_packed ? cu_seqlens[position / seq_len] + r : position;
+  const unit_t* src = rows + src_row * units_per_row;
+  for (int64_t i = threadIdx.x; i < units_per_row; i += blockDim.x) dst[i] = src[i];
+}
+
+int64_t copy_unit_bytes(int64_t row_bytes, const void* a, const void* b) {
+  const auto addresses = reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(b);
+  for (int64_t unit : {16, 8, 4}) {
+    if (row_bytes % unit == 0 && addresses % unit == 0) return unit;
+  }
+  return 2;  // every storage dtype is at least 2 bytes wide
+}
+
+template <typename Fn>
+void dispatch_copy_unit(int64_t unit_bytes, Fn&& fn) {
+  switch (unit_bytes) {
+    case 16: fn(uint4{}); break;
+    case 8: fn(uint2{}); break;
+    case 4: fn(uint32_t{}); break;
+    default: fn(uint16_t{}); break;
+  }
+}
+
+int copy_threads(int64_t units_per_row) {
+  const int64_t warps = (units_per_row + 31) / 32;
+  return static_cast<int>(std::min<int64_t>(8, std::max<int64_t>(1, warps)) * 32);
+}
+
+// ---- fused elementwise stages -----------------------------------------------------------------------
+
+template <Activation kAct>
+__device__ __forceinline__ float activate(float x) {
+  if constexpr (kAct == Activation::GeluErf) {
+    return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+  } else if constexpr (kAct == Activation::GeluTanh) {
+    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+  } else {
+    return fmaxf(x, 0.0f);
+  }
+}
+
+template <typename scalar_t, Activation kAct>
+__global__ void bias_activation_kernel(
+    scalar_t* __restrict__ x, const scalar_t* __restrict__ bias, int64_t packs, int64_t width) {
+  constexpr int V = kVec<scalar_t>;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < packs;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t col = (i * V) % width;
+    Pack<scalar_t> v = load_pack(x + i * V);
+    const Pack<scalar_t> b = load_pack(bias + col);
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      v.v[j] = static_cast<scalar_t>(activate<kAct>(static_cast<float>(v.v[j]) + static_cast<float>(b.v[j])));
+    }
+    store_pack(x + i * V, v);
+  }
+}
+
+// Sum over the block; every thread gets the result. blockDim.x is a multiple of 32.
+__device__ __forceinline__ float block_sum(float value) {
+  __shared__ float warp_sums[32];
+  __shared__ float total;
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) warp_sums[warp] = value;
+  __syncthreads();
+  if (warp == 0) {
+    value = lane < static_cast<int>(blockDim.x / 32) ? warp_sums[lane] : 0.0f;
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
+    if (lane == 0) total = value;
+  }
+  __syncthreads();
+  return total;
+}
+
+// One block per row, one 16-byte pack per thread, the row held in registers: mean and centred variance
+// in two passes over registers (the one-pass E[x^2] - E[x]^2 form loses digits on BERT's large-mean
+// activations) with a single read of y and residual and a single write.
+template <typename scalar_t>
+__global__ void bias_residual_layernorm_kernel(
+    scalar_t* __restrict__ y, const scalar_t* __restrict__ bias, const scalar_t* __restrict__ residual,
+    const scalar_t* __restrict__ gamma, const scalar_t* __restrict__ beta, int width, float eps) {
+  constexpr int V = kVec<scalar_t>;
+  const int64_t offset = static_cast<int64_t>(blockIdx.x) * width;
+  const int col = threadIdx.x * V;
+  const bool active = col < width;
+  float v[V];
+  float sum = 0.0f;
+  if (active) {
+    const Pack<scalar_t> a = load_pack(y + offset + col);
+    const Pack<scalar_t> r = load_pack(residual + offset + col);
+    const Pack<scalar_t> b = load_pack(bias + col);
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      v[j] = static_cast<float>(a.v[j]) + static_cast<float>(b.v[j]) + static_cast<float>(r.v[j]);
+      sum += v[j];
+    }
+  }
+  const float mean = block_sum(sum) / width;
+  float squares = 0.0f;
+  if (active) {
+#pragma unroll
+    for (int j = 0; j < V; ++j) squares += (v[j] - mean) * (v[j] - mean);
+  }
+  const float rstd = rsqrtf(block_sum(squares) / width + eps);
+  if (active) {
+    const Pack<scalar_t> g = load_pack(gamma + col);
+    const Pack<scalar_t> bt = load_pack(beta + col);
+    Pack<scalar_t> out;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      out.v[j] = static_cast<scalar_t>((v[j] - mean) * rstd * static_cast<float>(g.v[j]) + static_cast<float>(bt.v[j]));
+    }
+    store_pack(y + offset + col, out);
+  }
+}
+
+template <typename scalar_t>
+bool pack_aligned(const at::Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % sizeof(Pack<scalar_t>) == 0;
+}
+
+}  // namespace
+
+PackedBatch find_real_tokens(const at::Tensor& attention_mask) {
+  const at::Tensor mask = attention_mask.contiguous();
+  const int64_t batch = mask.size(0), seq_len = mask.size(1);
+  TORCH_CHECK(batch * seq_len < INT32_MAX, "fusedbert::encoder (CUDA): batch * seq_len must be below 2^31; got ",
+              batch, " * ", seq_len);
+  const auto int32 = mask.options().dtype(at::kInt);
+  const auto int64 = mask.options().dtype(at::kLong);
+  PackedBatch packed;
+  packed.rank_in_sequence = at::empty({batch, seq_len}, int32);
+  packed.cu_seqlens = at::empty({batch + 1}, int32);
+  at::Tensor seqlens = at::empty({batch}, int32);
+  at::Tensor first_invalid = at::empty({batch}, int64);
+  at::Tensor summary = at::empty({3}, int64);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+
+  auto* invalid_ptr = reinterpret_cast<long long*>(first_invalid.data_ptr<int64_t>());
+  auto rank = [&](auto mask_tag) {
+    using mask_t = decltype(mask_tag);
+    rank_real_tokens_kernel<mask_t><<<batch, kRankThreads, 0, stream>>>(
+        mask.data_ptr<mask_t>(), seq_len, packed.rank_in_sequence.data_ptr<int32_t>(), seqlens.data_ptr<int32_t>(),
+        invalid_ptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (batch > 0) {
+    switch (mask.scalar_type()) {
+      case at::kBool: rank(bool{}); break;
+      case at::kByte: rank(uint8_t{}); break;
+      case at::kInt: rank(int32_t{}); break;
+      case at::kLong: rank(int64_t{}); break;
+      default: TORCH_CHECK(false, "fusedbert::encoder: attention_mask must be bool, uint8, int32 or int64; got ",
+                           mask.scalar_type());
+    }
+  }
+  summarize_kernel<<<1, kSummaryThreads, 0, stream>>>(
+      seqlens.data_ptr<int32_t>(), invalid_ptr, batch, packed.cu_seqlens.data_ptr<int32_t>(),
+      reinterpret_cast<long long*>(summary.data_ptr<int64_t>()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+  const at::Tensor host = summary.cpu();  // the call's one host synchronization
+  const int64_t* values = host.data_ptr<int64_t>();
+  packed.total_tokens = values[0];
+  packed.max_seqlen = values[1];
+  packed.first_invalid = values[2] == LLONG_MAX ? -1 : values[2];
+  return packed;
+}
+
+at::Tensor gather_real_tokens(const at::Tensor& hidden, const PackedBatch& packed) {
+  const int64_t positions = hidden.size(0), width = hidden.size(1);
+  at::Tensor out = at::empty({packed.total_tokens, width}, hidden.options());
+  if (packed.total_tokens == 0) return out;
+  const int64_t row_bytes = width * hidden.element_size();
+  const int64_t seq_len = packed.rank_in_sequence.size(1);
+  dispatch_copy_unit(copy_unit_bytes(row_bytes, hidden.data_ptr(), out.data_ptr()), [&](auto unit_tag) {
+    using unit_t = decltype(unit_tag);
+    const int64_t units = row_bytes / static_cast<int64_t>(sizeof(unit_t));
+    gather_rows_kernel<unit_t><<<positions, copy_threads(units), 0, at::cuda::getCurrentCUDAStream()>>>(
+        static_cast<const unit_t*>(hidden.data_ptr()), packed.rank_in_sequence.data_ptr<int32_t>(),
+        packed.cu_seqlens.data_ptr<int32_t>(), seq_len, units, static_cast<unit_t*>(out.data_ptr()));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor scatter_real_tokens(const at::Tensor& rows, const PackedBatch& packed, bool rows_are_packed) {
+  const int64_t batch = packed.rank_in_sequence.size(0), seq_len = packed.rank_in_sequence.size(1);
+  const int64_t width = rows.size(1);
+  at::Tensor out = at::empty({batch * seq_len, width}, rows.options());
+  if (out.numel() == 0) return out;
+  const int64_t row_bytes = width * rows.element_size();
+  dispatch_copy_unit(copy_unit_bytes(row_bytes, rows.data_ptr(), out.data_ptr()), [&](auto unit_tag) {
+    using unit_t = decltype(unit_tag);
+    const int64_t units = row_bytes / static_cast<int64_t>(sizeof(unit_t));
+    scatter_rows_kernel<unit_t><<<batch * seq_len, copy_threads(units), 0, at::cuda::getCurrentCUDAStream()>>>(
+        static_cast<const unit_t*>(rows.data_ptr()), packed.rank_in_sequence.data_ptr<int32_t>(),
+        packed.cu_seqlens.data_ptr<int32_t>(), seq_len, units, rows_are_packed, static_cast<unit_t*>(out.data_ptr()));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+void bias_activation_(at::Tensor& x, const at::Tensor& bias, Activation activation) {
+  const int64_t width = x.size(1);
+  if (x.numel() == 0) return;
+  dispatch_storage_type(x.scalar_type(), "bias_activation", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    TORCH_CHECK(width % kVec<scalar_t> == 0 && pack_aligned<scalar_t>(x) && pack_aligned<scalar_t>(bias),
+                "fusedbert::encoder (CUDA): the intermediate size must be a multiple of ", kVec<scalar_t>,
+                " with 16-byte aligned buffers; got ", width);
+    const int64_t packs = x.numel() / kVec<scalar_t>;
+    constexpr int threads = 256;
+    const int64_t blocks = std::min<int64_t>((packs + threads - 1) / threads, int64_t{1} << 16);
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    auto launch = [&](auto kernel) {
+      kernel<<<blocks, threads, 0, stream>>>(x.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), packs, width);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    switch (activation) {
+      case Activation::GeluErf: launch(bias_activation_kernel<scalar_t, Activation::GeluErf>); break;
+      case Activation::GeluTanh: launch(bias_activation_kernel<scalar_t, Activation::GeluTanh>); break;
+      case Activation::Relu: launch(bias_activation_kernel<scalar_t, Activation::Relu>); break;
+    }
+  });
+}
+
+void bias_residual_layernorm_(
+    at::Tensor& y, const at::Tensor& bias, const at::Tensor& residual, const at::Tensor& gamma,
+    const at::Tensor& beta, double eps) {
+  const int64_t rows = y.size(0), width = y.size(1);
+  if (rows == 0) return;
+  dispatch_storage_type(y.scalar_type(), "bias_residual_layernorm", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    constexpr int V = kVec<scalar_t>;
+    const bool aligned = pack_aligned<scalar_t>(y) && pack_aligned<scalar_t>(residual) &&
+                         pack_aligned<scalar_t>(bias) && pack_aligned<scalar_t>(gamma) && pack_aligned<scalar_t>(beta);
+    TORCH_CHECK(width % V == 0 && width / V <= 1024 && aligned, "fusedbert::encoder (CUDA): the hidden size must be a "
+                "multiple of ", V, " and at most ", 1024 * V, " with 16-byte aligned buffers; got ", width);
+    const int threads = static_cast<int>((width / V + 31) / 32 * 32);
+    bias_residual_layernorm_kernel<scalar_t><<<rows, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        y.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), residual.data_ptr<scalar_t>(), gamma.data_ptr<scalar_t>(),
+        beta.data_ptr<scalar_t>(), static_cast<int>(width), static_cast<float>(eps));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace fusedbert::cuda
