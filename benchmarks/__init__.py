@@ -1,0 +1,1 @@
+"""Benchmarks of the fused encoder against its peers; see README.md."""

@@ -1,0 +1,131 @@
+"""Clocks, interleaved timing, and the GEMM peak and GEMM-only floor the encoder is measured against."""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+def time_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of ``fn`` takes, including the device work it queued."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, list[float]]:
+    """Time every function ``repeats`` times, round-robin (A B C A B C ...), so that drift in clock
+    speed or in the load other processes put on the machine hits each of them alike."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                samples[name].append(time_call(fn, device))
+    finally:
+        gc.enable()
+    return samples
+
+
+@dataclass(frozen=True)
+class Summary:
+    median_s: float
+    p90_s: float
+    min_s: float
+    max_s: float
+    count: int
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> "Summary":
+        values = np.asarray(seconds)
+        return cls(float(np.median(values)), float(np.percentile(values, 90)), float(values.min()),
+                   float(values.max()), len(values))
+
+
+def gemm_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> dict:
+    """The dense GEMM rate of this device and dtype: the best of ``repeats`` [size]^3 matmuls."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+    matmul = lambda: torch.mm(a, b, out=out)  # noqa: E731
+    matmul()
+    seconds = [time_call(matmul, device) for _ in range(repeats)]
+    best = min(seconds)
+    return {"size": size, "repeats": repeats, "best_ms": best * 1e3, "median_ms": float(np.median(seconds)) * 1e3,
+            "tflops": 2 * size**3 / best / 1e12}
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+
+    def gemm_flops(self, tokens: int) -> int:
+        """FLOPs of the encoder's four GEMMs per layer (QKV, attention out, FFN1, FFN2) on ``tokens`` rows."""
+        h, i = self.hidden, self.intermediate
+        return 2 * tokens * (3 * h * h + h * h + h * i + i * h) * self.layers
+
+    def attention_flops(self, lengths: tuple[int, ...]) -> int:
+        """FLOPs of QK^T and PV when each sequence attends only to its own tokens."""
+        return sum(4 * n * n * self.hidden for n in lengths) * self.layers
+
+    def useful_flops(self, lengths: tuple[int, ...]) -> int:
+        return self.gemm_flops(sum(lengths)) + self.attention_flops(lengths)
+
+
+class GemmFloor:
+    """Calling it runs only the encoder's GEMMs on ``tokens`` packed rows: per layer [T,H]x[H,3H],
+    [T,H]x[H,H], [T,H]x[H,I], [T,I]x[I,H], with each layer's own [out, in] weights (the layout the fused
+    op multiplies with), into preallocated outputs. On CUDA the whole sequence is one CUDA graph, so the
+    floor carries no launch overhead that a fused encoder could not also remove."""
+
+    def __init__(self, weights: list[list[torch.Tensor]], tokens: int, device: torch.device, dtype: torch.dtype):
+        self.weights = weights  # per layer: qkv [3H, H], attention out [H, H], ffn1 [I, H], ffn2 [H, I]
+        hidden, intermediate = weights[0][0].shape[1], weights[0][2].shape[0]
+        # The buffers live as long as this object: a captured graph keeps writing to their addresses.
+        self.x = torch.randn(tokens, hidden, device=device).to(dtype)
+        self.qkv = torch.empty(tokens, 3 * hidden, device=device, dtype=dtype)
+        self.attn = torch.empty(tokens, hidden, device=device, dtype=dtype)
+        self.inner = torch.empty(tokens, intermediate, device=device, dtype=dtype)
+        self.out = torch.empty(tokens, hidden, device=device, dtype=dtype)
+        self.graph = None
+        if device.type == "cuda":
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):  # cuBLAS sets up its handles and workspace outside the capture
+                for _ in range(3):
+                    self.gemms()
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.gemms()
+
+    def gemms(self) -> None:
+        for qkv_weight, out_weight, ffn1_weight, ffn2_weight in self.weights:
+            torch.mm(self.x, qkv_weight.t(), out=self.qkv)
+            torch.mm(self.x, out_weight.t(), out=self.attn)
+            torch.mm(self.attn, ffn1_weight.t(), out=self.inner)
+            torch.mm(self.inner, ffn2_weight.t(), out=self.out)
+
+    def __call__(self) -> None:
+        if self.graph is None:
+            self.gemms()
+        else:
+            self.graph.replay()
