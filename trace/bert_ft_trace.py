@@ -194,8 +194,13 @@ def run_cases(module: nn.Module, cases: list[Case]) -> float:
 
 # ------------------------------------------------------------------------------------------------- CLI
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _OneLineErrorParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", default="sequence_classification", help=f"one of {', '.join(MODES)}")
     parser.add_argument("--model_name_or_path", required=True, help="checkpoint directory or hub id")
     parser.add_argument("--tokenizer_name", help="tokenizer directory or hub id (default: the model's)")
