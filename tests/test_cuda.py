@@ -16,8 +16,15 @@ from fusedbert import encoder_reference
 pytestmark = pytest.mark.cuda
 
 DEVICE = "cuda"
-# Max-abs difference from Hugging Face at real tokens of the last hidden state (TF32 off for float32).
-TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+# float32 (TF32 off): max-abs difference from Hugging Face at real tokens of the last hidden state.
+FP32_TOLERANCE = 1e-4
+# float16 / bfloat16: Hugging Face's own low-precision result is off its float32 result by more than any
+# absolute bar near the output's rounding step (MiniLM's outputs reach |x| ~ 6, where one bf16 step is
+# 0.031; HF bf16 vs HF fp32 measured 0.037-0.099 on the H100). So, as flash-attention's tests do: against
+# the float32 result, the fused error may be at most twice Hugging Face's error in the same dtype; float16
+# must in addition stay within 1e-2 of float32.
+FP16_ABSOLUTE_BOUND = 1e-2
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SENTENCES = [
     "The fused encoder runs only on real tokens.",
     "Short.",
@@ -61,20 +68,22 @@ def last_hidden_states(hf, fused, batch):
 
 
 def assert_matches_hf(model, batch, dtype, remove_padding=True):
-    """Fused vs HF in `dtype` within TOLERANCE; the message also gives both errors against HF in float32."""
+    """Fused vs Hugging Face in `dtype` on the same GPU, by the bars above."""
     hf, fused = hf_and_fused(model, dtype, remove_padding)
     expected, out = last_hidden_states(hf, fused, batch)
     mask = batch["attention_mask"]
-    diff = max_diff_at_real_tokens(out, expected, mask)
     if dtype == torch.float32:
-        assert diff <= TOLERANCE[dtype], diff
+        assert max_diff_at_real_tokens(out, expected, mask) <= FP32_TOLERANCE
         return
     with torch.no_grad():
         reference = copy.deepcopy(model).to(DEVICE, torch.float32).eval()(**batch).last_hidden_state
     fused_err = max_diff_at_real_tokens(out, reference, mask)
     hf_err = max_diff_at_real_tokens(expected, reference, mask)
-    peak = reference[mask.bool()].abs().max().item()
-    assert diff <= TOLERANCE[dtype], f"vs HF {diff:.4g}; vs fp32: fused {fused_err:.4g}, HF {hf_err:.4g}; max|x| {peak:.3g}"
+    report = (f"vs fp32: fused {fused_err:.4g}, HF {hf_err:.4g}; fused vs HF {max_diff_at_real_tokens(out, expected, mask):.4g}; "
+              f"max|x| {reference[mask.bool()].abs().max().item():.3g}")
+    assert fused_err <= 2 * hf_err, report
+    if dtype == torch.float16:
+        assert fused_err <= FP16_ABSOLUTE_BOUND, report
 
 
 @pytest.fixture(scope="module")
@@ -83,29 +92,17 @@ def minilm(minilm_path):
     return AutoModel.from_pretrained(str(minilm_path), dtype=torch.float32, attn_implementation="sdpa").eval()
 
 
-@pytest.mark.parametrize("dtype", TOLERANCE, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("lengths", AWKWARD_BATCHES.values(), ids=AWKWARD_BATCHES.keys())
 def test_minilm_real_weights_awkward_batches(minilm, lengths, dtype):
     assert_matches_hf(minilm, random_batch(minilm.config.vocab_size, lengths), dtype)
 
 
 @pytest.mark.parametrize("remove_padding", [True, False], ids=["packed", "padded"])
-@pytest.mark.parametrize("dtype", TOLERANCE, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_minilm_real_text_both_padding_modes(minilm, minilm_tokenizer, dtype, remove_padding):
     batch = minilm_tokenizer(SENTENCES, padding=True, return_tensors="pt").to(DEVICE)
     assert_matches_hf(minilm, batch, dtype, remove_padding)
-
-
-def test_low_precision_error_within_twice_hf_error(minilm, minilm_tokenizer):
-    # flash-attention's bar: against the float32 result, the fused float16 error may be at most twice
-    # Hugging Face's own float16 error on the same inputs.
-    batch = minilm_tokenizer(SENTENCES, padding=True, return_tensors="pt").to(DEVICE)
-    reference, _ = last_hidden_states(*hf_and_fused(minilm, torch.float32), batch)
-    hf, fused = hf_and_fused(minilm, torch.float16)
-    hf_out, fused_out = last_hidden_states(hf, fused, batch)
-    hf_err = max_diff_at_real_tokens(hf_out, reference, batch["attention_mask"])
-    fused_err = max_diff_at_real_tokens(fused_out, reference, batch["attention_mask"])
-    assert fused_err <= 2 * hf_err, (fused_err, hf_err)
 
 
 BERT_SHAPES = {
@@ -114,7 +111,7 @@ BERT_SHAPES = {
 }
 
 
-@pytest.mark.parametrize("dtype", TOLERANCE, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", BERT_SHAPES.values(), ids=BERT_SHAPES.keys())
 def test_random_bert_shapes(shape, dtype):
     torch.manual_seed(0)
@@ -122,7 +119,7 @@ def test_random_bert_shapes(shape, dtype):
     assert_matches_hf(model, random_batch(1000, [1, 128, 37, 64, 90, 8, 128, 3]), dtype)
 
 
-@pytest.mark.parametrize("dtype", TOLERANCE, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("activation", ["gelu_new", "relu"])
 def test_epilogue_activations(activation, dtype):
     # gelu_new and relu run in cuBLASLt's epilogue; the exact erf GELU in the kernel after the GEMM.
