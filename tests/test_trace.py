@@ -149,7 +149,7 @@ def test_model_type_ori_traces_hugging_face_encoder(minilm_path, tmp_path):
 
 
 def test_format_export_writes_a_program_with_dynamic_batch_and_length(minilm_path, tmp_path):
-    output = trace_cli(minilm_path, tmp_path, "--mode", "question_answering", "--format", "export", "--batch_size", "2")
+    output = trace_cli(minilm_path, tmp_path, "--mode", "question_answering", "--format", "export")
     program = torch.export.load(str(output))
     assert "torch.ops.fusedbert.encoder" in program.graph_module.code
     tokenizer = load_tokenizer(str(minilm_path))

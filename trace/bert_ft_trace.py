@@ -113,11 +113,10 @@ def verification_lengths(batch_size: int, seq_len: int, max_len: int) -> list[li
     """Batches whose (batch size, padded length) the trace never saw, one of them longer than it."""
     single = MIN_SEQ_LEN + 1 if seq_len != MIN_SEQ_LEN + 1 else MIN_SEQ_LEN + 2
     longer = seq_len + 9 if seq_len + 9 <= max_len else seq_len - 1
-    three = 4 if batch_size == 3 else 3
     spread = seq_len - MIN_SEQ_LEN + 1
     return [
         [single],
-        [longer, MIN_SEQ_LEN, max(MIN_SEQ_LEN, seq_len // 3)][:three] + [MIN_SEQ_LEN + 5] * (three - 3),
+        [longer, MIN_SEQ_LEN, max(MIN_SEQ_LEN, seq_len // 3)] + ([MIN_SEQ_LEN + 5] if batch_size == 3 else []),
         [MIN_SEQ_LEN + (i * 37) % spread for i in range(batch_size + 2)],
     ]
 
@@ -137,6 +136,8 @@ def export(module: TracedTaskModule, example_inputs, max_seq_len: int) -> torch.
     batch = torch.export.Dim("batch", min=1)
     seq_len = torch.export.Dim("seq_len", min=2, max=max_seq_len)
     dims = {0: batch, 1: seq_len}
+    # torch.export specializes a dimension of size 1 to a constant, so export a batch of at least two rows.
+    example_inputs = [t.expand(2, -1).contiguous() if t.shape[0] == 1 else t for t in example_inputs]
     with torch.no_grad():
         return torch.export.export(module, tuple(example_inputs),
                                    dynamic_shapes={"input_ids": dims, "attention_mask": dims, "token_type_ids": dims})
