@@ -204,9 +204,14 @@ class TransformersFusedHandler(BaseHandler):
         return self.mode.answers(examples, batch, outputs)
 
     def _predict(self, examples: list[Example]):
+        started = time.perf_counter()
         batch = self.preprocess(examples)
+        self._record_time("TokenizeTime", started)
         outputs = self.inference(batch)
-        return self.postprocess(examples, batch, outputs)
+        started = time.perf_counter()
+        answers = self.postprocess(examples, batch, outputs)
+        self._record_time("PostprocessTime", started)
+        return answers
 
     def _answer(self, requests: list, responses: list) -> None:
         """All examples of all requests in one forward pass; each request gets its slice of the answers."""
@@ -299,6 +304,11 @@ class TransformersFusedHandler(BaseHandler):
         self._per_request(index, lambda: self.context.set_response_status(status, phrase, index))
         self._per_request(index, lambda: self.context.set_response_content_type(index, "application/json"))
         return {"code": status, "type": "BadRequest" if status < 500 else "InternalServerError", "message": message}
+
+    def _record_time(self, name: str, started: float) -> None:
+        metrics = self.context.metrics if self.context is not None else None
+        if metrics is not None:
+            metrics.add_time(name, round((time.perf_counter() - started) * 1000, 3))
 
     def _record_metrics(self, batch, model_ms: float) -> None:
         metrics = self.context.metrics if self.context is not None else None

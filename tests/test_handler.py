@@ -344,6 +344,8 @@ def test_metrics_count_real_and_padded_tokens(handlers, minilm_tokenizer, caplog
     assert float(emitted["PaddingRatio"]) == pytest.approx(100 * padded / (max(lengths) * len(lengths)))
     assert float(emitted["BatchSize"]) == 2
     assert float(emitted["ModelTime"]) > 0
+    assert float(emitted["TokenizeTime"]) > 0
+    assert float(emitted["PostprocessTime"]) > 0
 
 
 # ------------------------------------------------------------------------------------- explanations
