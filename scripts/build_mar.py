@@ -28,6 +28,11 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # handler.config: the one validator of setup_config.json
+
+from download_model import save_checkpoint  # noqa: E402
+from handler.config import HandlerConfig  # noqa: E402
+
 CONFIGS = REPO_ROOT / "configs"
 HANDLER_DIR = REPO_ROOT / "handler"
 HANDLER_ENTRY = "transformer_handler_generalized.py"
@@ -38,8 +43,8 @@ LABEL_FILES = {
     "sequence_classification": REPO_ROOT / "artifacts" / "index_to_name.json",
     "token_classification": REPO_ROOT / "artifacts" / "ner_index_to_name.json",
 }
-TRACE_DATA_TYPES = {"fp32": "fp32", "float32": "fp32", "fp16": "fp16", "float16": "fp16",
-                    "bf16": "bf16", "bfloat16": "bf16"}
+# setup_config.json's data_type (as HandlerConfig spells it) -> bert_ft_trace.py's --data_type.
+TRACE_DATA_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 class BuildError(RuntimeError):
@@ -70,19 +75,7 @@ def run(command: list[str]) -> None:
                          f"(exit {result.returncode})")
 
 
-def save_checkpoint(setup: dict, model_name_or_path: str, output: Path) -> None:
-    """The model with the mode's head and its tokenizer, as one local checkpoint directory."""
-    from fusedbert.tasks import load_model, load_tokenizer
-
-    num_labels = int(setup["num_labels"]) if str(setup.get("num_labels", "0")) != "0" else None
-    do_lower_case = setup.get("do_lower_case")
-    if isinstance(do_lower_case, str):
-        do_lower_case = do_lower_case.strip().lower() == "true"
-    load_model(setup["mode"], model_name_or_path, num_labels).save_pretrained(output)
-    load_tokenizer(model_name_or_path, do_lower_case).save_pretrained(output)
-
-
-def stage_files(setup_config: Path, setup: dict, checkpoint: Path, stage: Path) -> list[Path]:
+def stage_files(setup_config: Path, setup: HandlerConfig, checkpoint: Path, stage: Path) -> list[Path]:
     """Copy every extra file of the archive into ``stage`` (flat, as the worker sees model_dir)."""
     import fusedbert.library
 
@@ -96,12 +89,11 @@ def stage_files(setup_config: Path, setup: dict, checkpoint: Path, stage: Path) 
         target = stage / ("setup_config.json" if source == setup_config else source.name)
         shutil.copyfile(source, target)
         staged.append(target)
-    labels = LABEL_FILES.get(setup["mode"])
+    labels = LABEL_FILES.get(setup.mode)
     if labels is not None and not (stage / "index_to_name.json").exists():
-        num_labels = int(setup.get("num_labels", 0) or 0)
         names = json.loads(labels.read_text())
-        if num_labels and len(names) != num_labels:
-            raise BuildError(f"{labels} names {len(names)} labels but {setup_config} says num_labels {num_labels}")
+        if setup.num_labels and len(names) != setup.num_labels:
+            raise BuildError(f"{labels} names {len(names)} labels but {setup_config} says num_labels {setup.num_labels}")
         shutil.copyfile(labels, stage / "index_to_name.json")
         staged.append(stage / "index_to_name.json")
     return staged
@@ -109,10 +101,15 @@ def stage_files(setup_config: Path, setup: dict, checkpoint: Path, stage: Path) 
 
 def build(args: argparse.Namespace) -> Path:
     setup_config = find_setup_config(args.config)
-    setup = json.loads(setup_config.read_text())
-    mode, save_mode = setup["mode"], setup.get("save_mode", "torchscript")
+    setup = HandlerConfig.from_file(str(setup_config))
+    mode, save_mode = setup.mode, setup.save_mode
     model_name = args.model_name or (setup_config.parent.name if setup_config.parent.parent == CONFIGS else mode)
-    source = args.model_name_or_path or setup.get("model_name")
+    if "token" in model_name.lower():
+        # TorchServe 0.12 takes any management URL containing "token" for its token API: describing or
+        # scaling such a model fails with InvalidKeyException even with the right key.
+        raise BuildError(f"model name {model_name!r} contains \"token\", which TorchServe 0.12's management API "
+                         "cannot address; choose another --model-name (e.g. ner)")
+    source = args.model_name_or_path or setup.model_name
     if not source:
         raise BuildError(f"{setup_config} has no model_name; give --model_name_or_path")
     if not (HANDLER_DIR / HANDLER_ENTRY).is_file():
@@ -125,14 +122,14 @@ def build(args: argparse.Namespace) -> Path:
     print(f"Building {export_path / (model_name + '.mar')}: {mode}, save_mode {save_mode}, from {source}")
 
     step(1, f"checkpoint with the {mode} head -> {checkpoint}")
-    save_checkpoint(setup, source, checkpoint)
+    save_checkpoint(mode, source, checkpoint, setup.num_labels, setup.do_lower_case)
 
     if save_mode == "torchscript":
         serialized = work / "traced_model.pt"
         step(2, f"tracing the fused model -> {serialized}")
-        data_type = TRACE_DATA_TYPES[setup.get("data_type", "fp32")]
         command = [sys.executable, TRACE_SCRIPT, "--mode", mode, "--model_name_or_path", checkpoint,
-                   "--data_type", data_type, "--model_type", "thsext", "--output", serialized]
+                   "--data_type", TRACE_DATA_TYPES[setup.data_type],
+                   "--model_type", "thsext" if setup.fused else "ori", "--output", serialized]
         if args.device:
             command += ["--device", args.device]
         run(command)
@@ -171,6 +168,10 @@ def main(argv=None) -> int:
     parser.add_argument("--work-dir", type=Path, help="scratch folder (default: build/mar/<model name>)")
     parser.add_argument("--keep-work-dir", action="store_true", help="keep the checkpoint and staged files")
     args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # fusedbert.tasks warns about an untrained head in one line
+    hf_logging.disable_progress_bar()
     started = time.monotonic()
     try:
         mar = build(args)
