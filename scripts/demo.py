@@ -59,7 +59,7 @@ def show_question_answering(server: ts.Server) -> None:
     sample = json.loads((ARTIFACTS / "sample_question_answering.json").read_text())
     result = ask(server, "question_answering", sample)
     print(f"question: {sample['question']}")
-    print(f"answer:   {result['answer']!r} (context[{result['start']}:{result['end']}], score {result['score']:.3f})")
+    print(f"answer:   {result['answer']!r} (context[{result['start']}:{result['end']}], score {result['score']:.2g})")
     print(f"          {UNTRAINED}")
 
 

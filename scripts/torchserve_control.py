@@ -158,7 +158,7 @@ def loopback_ports() -> dict[str, int]:
 
 def start(model_store: str | Path, models: dict[str, str], *, run_dir: str | Path = DEFAULT_RUN_DIR,
           config: str | Path = SHIPPED_CONFIG, ports: dict[str, int] | None = None,
-          extra_args: list[str] = (), log=print) -> Server:
+          extra_args: tuple[str, ...] = (), log=print) -> Server:
     """Start TorchServe in the background with ``models`` (name -> .mar in ``model_store``) loaded.
 
     Returns once the frontend process is running; call ``wait_until_ready`` next. ``extra_args`` go to
@@ -197,8 +197,10 @@ def start(model_store: str | Path, models: dict[str, str], *, run_dir: str | Pat
     pid_file = run_dir / "tmp" / ".model_server.pid"
     if launcher.returncode != 0 or not pid_file.is_file():
         raise ServeError(f"torchserve --start failed (exit {launcher.returncode}):\n{console.read_text()}")
+    token_auth = ("--disable-token-auth" not in extra_args
+                  and read_properties(run_config).get("disable_token_authorization", "false") != "true")
     server = Server(run_dir=str(run_dir), pid=int(pid_file.read_text().strip()), urls=urls, models=list(models),
-                    config=str(run_config), token_auth="--disable-token-auth" not in extra_args)
+                    config=str(run_config), token_auth=token_auth)
     server.save()
     return server
 
