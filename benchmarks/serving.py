@@ -1,0 +1,386 @@
+"""Serving benchmark: the fused TorchScript model against the stock Hugging Face path, through one real
+TorchServe on loopback (token auth on), under the same bounded load.
+
+    python -m benchmarks.serving                                  # CPU: fp32, concurrency 1, 16, 64
+    python -m benchmarks.serving --device cuda                    # one GPU worker per model, fp16
+    python -m benchmarks.serving --device cuda --gpus 2           # one worker per GPU (UNTESTED, see below)
+    python -m benchmarks.serving --skip-build                     # reuse the archives of the last run
+
+Both archives are built by scripts/build_mar.py from the same checkpoint and configs/<mode>/setup_config.json,
+differing only in "FasterTransformer" (true: TorchScript traced through fusedbert's op; false: TorchScript
+of the plain Hugging Face model), with the same model-config.yaml (batch size, batch delay, workers,
+devices). One TorchServe serves both; the load alternates between them, one concurrency level at a time,
+so drift in the machine's load hits both alike.
+
+Load: a closed loop of ``concurrency`` clients (aiohttp) sending raw text, each sending its next request
+when its previous one is answered, until the cell's request count is sent or its duration cap passes. Texts
+come from benchmarks/data with token lengths uniform in 8..128 and a 10% tail up to twice max_length
+(truncated to max_length by the handler). Per cell: requests/s, real tokens/s (after truncation), latency
+p50/p90/p99, errors by status; and from the handler's own per-batch metrics (parsed from TorchServe's log):
+batch size, tokenize / model / postprocess / whole-batch time, and the overhead (whole batch minus model).
+
+GPU: the serving host needs Java 11+ for TorchServe's frontend. ``--gpus N`` writes deviceIds [0..N-1] and
+N workers per model into model-config.yaml; it has not been run yet (no multi-GPU host here).
+
+Writes benchmarks/results/serving-<device>-<device slug>-<YYYYMMDD>.json and a PNG beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make `benchmarks` importable as from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    __package__ = "benchmarks"
+
+import aiohttp
+import numpy as np
+import torch
+import transformers
+import yaml
+
+from fusedbert.tasks import load_tokenizer
+
+from .encoder import device_name, slug
+from .plots import plot_serving
+from .texts import serving_mix, token_count
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+import build_mar  # noqa: E402
+import torchserve_control as ts  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SYSTEMS = {"fused": True, "stock": False}  # model name -> setup_config.json "FasterTransformer"
+CONCURRENCY = (1, 16, 64)
+# Requests per concurrency level on the CPU: enough for a stable p90 at c=1 in a 2-core budget; at c=64
+# each request waits behind several full batches, so fewer requests already fill the duration cap.
+CPU_REQUESTS = {1: 150, 16: 480, 64: 480}
+GPU_REQUESTS = {1: 1000, 16: 5000, 64: 10000}
+HANDLER_METRICS = ("BatchSize", "RealTokens", "PaddedTokens", "TokenizeTime", "ModelTime", "PostprocessTime",
+                   "PredictionTime")
+# TorchServe logs every backend metric line twice (two appenders); the request id dedupes them.
+METRIC_LINE = re.compile(r"\[METRICS\](\w+)\.\w+:([0-9.eE+-]+)\|#ModelName:([^,|]+),[^|]*\|#type:\w+\|#hostname:[^,]*,"
+                         r"\d+,([0-9a-f-]+)")
+PROMETHEUS_SAMPLE = re.compile(r'^(\w+)\{model_name="([^"]+)"[^}]*\}\s+([0-9.eE+-]+)$', re.MULTILINE)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--gpus", type=int, default=1, help="--device cuda: one worker per GPU on GPUs 0..N-1")
+    parser.add_argument("--mode", default="sequence_classification",
+                        help="a folder of configs/ whose setup_config.json both archives start from")
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default: fp32 on CPU, fp16 on CUDA")
+    parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(SYSTEMS),
+                        help="which archives to serve and load (default: both; the ratio needs both)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    parser.add_argument("--requests", type=int, help="requests per cell (default: per concurrency, see the JSON)")
+    parser.add_argument("--duration-cap", type=float, default=45.0, help="seconds per cell at most (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, help="TorchServe batchSize (default: configs/model-config.yaml's)")
+    parser.add_argument("--max-batch-delay", type=int, help="TorchServe maxBatchDelay in ms (default: the config's)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU worker: OMP_NUM_THREADS")
+    parser.add_argument("--text-pool", type=int, default=512, help="distinct request texts (default: %(default)s)")
+    parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "build" / "serving-bench",
+                        help="archives, TorchServe run directory and logs (default: build/serving-bench)")
+    parser.add_argument("--skip-build", action="store_true", help="reuse the archives already in --work-dir")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no CUDA device")
+    if args.gpus < 1 or (args.device == "cuda" and args.gpus > torch.cuda.device_count()):
+        parser.error(f"--gpus {args.gpus}: this host has {torch.cuda.device_count()} CUDA device(s)")
+    if args.device == "cpu" and args.gpus != 1:
+        parser.error("--gpus needs --device cuda")
+    args.dtype = args.dtype or ("fp16" if args.device == "cuda" else "fp32")
+    return args
+
+
+# ------------------------------------------------------------------------------------------ archives
+
+def model_config(args: argparse.Namespace) -> dict:
+    """configs/model-config.yaml with this run's batching, workers and devices."""
+    config = yaml.safe_load(build_mar.MODEL_CONFIG.read_text())
+    if args.batch_size is not None:
+        config["batchSize"] = args.batch_size
+    if args.max_batch_delay is not None:
+        config["maxBatchDelay"] = args.max_batch_delay
+    if args.device == "cuda":
+        config.update(deviceType="gpu", deviceIds=list(range(args.gpus)), minWorkers=args.gpus, maxWorkers=args.gpus)
+    else:
+        config.update(deviceType="cpu", minWorkers=1, maxWorkers=1)
+        config.pop("deviceIds", None)
+    return config
+
+
+@contextlib.contextmanager
+def archive_model_config(path: Path):
+    """Point build_mar at ``path`` for torch-model-archiver's --config-file while building."""
+    shipped = build_mar.MODEL_CONFIG
+    build_mar.MODEL_CONFIG = path
+    try:
+        yield
+    finally:
+        build_mar.MODEL_CONFIG = shipped
+
+
+def build_archives(args: argparse.Namespace, store: Path, config: dict) -> dict:
+    """Both .mar files in ``store``; returns each system's setup_config.json."""
+    setup = json.loads(build_mar.find_setup_config(args.mode).read_text())
+    configs_dir = args.work_dir / "configs"
+    configs_dir.mkdir(parents=True, exist_ok=True)
+    model_config_path = configs_dir / "model-config.yaml"
+    model_config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    setups = {}
+    for name in args.systems:
+        setups[name] = dict(setup, FasterTransformer=SYSTEMS[name], data_type=args.dtype)
+        setup_path = configs_dir / f"{name}_setup_config.json"
+        setup_path.write_text(json.dumps(setups[name], indent=2) + "\n")
+        if args.skip_build:
+            if not (store / f"{name}.mar").is_file():
+                raise SystemExit(f"serving: --skip-build, but {store / (name + '.mar')} does not exist")
+            continue
+        with archive_model_config(model_config_path):
+            status = build_mar.main([str(setup_path), "--model-name", name, "--export-path", str(store),
+                                     "--work-dir", str(args.work_dir / "build" / name), "--device", args.device])
+        if status != 0:
+            raise SystemExit(f"serving: building the {name} archive failed (scripts/build_mar.py exit {status})")
+    return setups
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+@dataclass
+class Reply:
+    started: float
+    seconds: float
+    status: int  # 0: no HTTP answer (connection error, timeout)
+    tokens: int
+
+
+async def run_load(url: str, token: str, texts: list[str], tokens: list[int], concurrency: int, requests: int,
+                   duration_cap: float) -> tuple[list[Reply], float]:
+    """A closed loop of ``concurrency`` clients; returns every reply and the wall time of the cell."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain; charset=utf-8"}
+    replies: list[Reply] = []
+    sent = 0
+    deadline = time.perf_counter() + duration_cap
+    timeout = aiohttp.ClientTimeout(total=max(duration_cap, 120.0))
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal sent
+        while sent < requests and time.perf_counter() < deadline:
+            index = sent % len(texts)
+            sent += 1
+            started = time.perf_counter()
+            try:
+                async with session.post(url, data=texts[index].encode("utf-8"), headers=headers) as response:
+                    await response.read()
+                    status = response.status
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                status = 0
+            replies.append(Reply(started, time.perf_counter() - started, status, tokens[index]))
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        began = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+        return replies, time.perf_counter() - began
+
+
+def handler_metrics(log: Path, offset: int, model: str) -> dict[str, list[float]]:
+    """Per-batch values of the handler's metrics for ``model`` logged after byte ``offset`` of ``log``."""
+    with log.open("rb") as f:
+        f.seek(offset)
+        text = f.read().decode("utf-8", errors="replace")
+    per_batch: dict[tuple[str, str], float] = {}
+    for name, value, model_name, request_id in METRIC_LINE.findall(text):
+        if model_name == model and name in HANDLER_METRICS:
+            per_batch[(name, request_id)] = float(value)
+    values: dict[str, list[float]] = {name: [] for name in HANDLER_METRICS}
+    for (name, _), value in per_batch.items():
+        values[name].append(value)
+    return values
+
+
+def frontend_counters(server: ts.Server, model: str) -> dict[str, float]:
+    text = server.call("metrics", "GET", "/metrics").body.decode()
+    return {name: float(value) for name, model_name, value in PROMETHEUS_SAMPLE.findall(text) if model_name == model}
+
+
+def summarize(system: str, concurrency: int, planned: int, replies: list[Reply], wall_s: float,
+              batches: dict[str, list[float]], counters_before: dict, counters_after: dict) -> dict:
+    ok = [r for r in replies if r.status == 200]
+    latencies_ms = np.array([r.seconds * 1e3 for r in ok]) if ok else np.array([np.nan])
+    errors: dict[str, int] = {}
+    for reply in replies:
+        if reply.status != 200:
+            errors[str(reply.status)] = errors.get(str(reply.status), 0) + 1
+
+    def p50(name: str) -> float | None:
+        return float(np.median(batches[name])) if batches[name] else None
+
+    model_ms, prediction_ms = np.array(batches["ModelTime"]), np.array(batches["PredictionTime"])
+    served = counters_after.get("ts_inference_requests_total", 0) - counters_before.get("ts_inference_requests_total", 0)
+    queued_us = counters_after.get("ts_queue_latency_microseconds", 0) - counters_before.get("ts_queue_latency_microseconds", 0)
+    total = {name: float(np.sum(batches[name])) for name in ("TokenizeTime", "ModelTime", "PostprocessTime", "PredictionTime")}
+    return {
+        "system": system, "concurrency": concurrency, "requests_planned": planned, "requests_sent": len(replies),
+        "stopped_by_duration_cap": len(replies) < planned, "completed": len(ok), "errors": len(replies) - len(ok),
+        "errors_by_status": errors, "wall_s": wall_s,
+        "requests_per_s": len(ok) / wall_s, "real_tokens_per_s": sum(r.tokens for r in ok) / wall_s,
+        "latency_ms": {"p50": float(np.percentile(latencies_ms, 50)), "p90": float(np.percentile(latencies_ms, 90)),
+                       "p99": float(np.percentile(latencies_ms, 99)), "mean": float(np.mean(latencies_ms)),
+                       "max": float(np.max(latencies_ms))},
+        "frontend_queue_ms_mean": queued_us / served / 1e3 if served else None,
+        "handler": {
+            "batches": len(batches["BatchSize"]),
+            "mean_batch_size": float(np.mean(batches["BatchSize"])) if batches["BatchSize"] else None,
+            "padding_share": (sum(batches["PaddedTokens"]) / max(sum(batches["PaddedTokens"]) + sum(batches["RealTokens"]), 1)),
+            "tokenize_ms_p50": p50("TokenizeTime"), "model_ms_p50": p50("ModelTime"),
+            "postprocess_ms_p50": p50("PostprocessTime"), "batch_ms_p50": p50("PredictionTime"),
+            # Everything in the worker but the forward pass: decoding, tokenizing, device copies, answers.
+            "overhead_ms_p50": float(np.median(prediction_ms - model_ms)) if len(model_ms) == len(prediction_ms) > 0 else None,
+            "share_of_batch_time": {name.removesuffix("Time").lower(): total[name] / total["PredictionTime"]
+                                    for name in ("TokenizeTime", "ModelTime", "PostprocessTime")
+                                    if total["PredictionTime"]},
+        },
+        "loadavg_1m": os.getloadavg()[0],
+    }
+
+
+def measure_cell(server: ts.Server, system: str, concurrency: int, requests: int, args, texts, tokens) -> dict:
+    url = f"{server.urls['inference']}/predictions/{system}"
+    token = server.key("inference")
+    # Warm-up, not measured: fills the frontend's and the worker's pools at this concurrency.
+    asyncio.run(run_load(url, token, texts, tokens, concurrency, 2 * concurrency, args.duration_cap))
+    log = Path(server.run_dir) / "logs" / "ts_log.log"
+    offset = log.stat().st_size
+    before = frontend_counters(server, system)
+    replies, wall_s = asyncio.run(run_load(url, token, texts, tokens, concurrency, requests, args.duration_cap))
+    time.sleep(1.0)  # the frontend logs the last batch's metrics just after answering it
+    record = summarize(system, concurrency, requests, replies, wall_s, handler_metrics(log, offset, system),
+                       before, frontend_counters(server, system))
+    latency = record["latency_ms"]
+    print(f"  {system:<6} c={concurrency:<3} {record['completed']:>5} ok {record['errors']:>3} err "
+          f"{record['requests_per_s']:8.1f} req/s {record['real_tokens_per_s']:9.0f} tok/s  "
+          f"p50 {latency['p50']:7.1f} p90 {latency['p90']:7.1f} p99 {latency['p99']:7.1f} ms  "
+          f"batch {record['handler']['mean_batch_size'] or 0:4.1f}  overhead p50 {record['handler']['overhead_ms_p50'] or 0:5.1f} ms"
+          + ("  (duration cap)" if record["stopped_by_duration_cap"] else ""), flush=True)
+    return record
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def run_header(args, config: dict, setups: dict, tokens: list[int], max_length: int) -> dict:
+    device = torch.device(args.device)
+    java = shutil.which("java")
+    java_version = subprocess.run([java, "-version"], capture_output=True, text=True).stderr.splitlines()[0] if java else None
+    lengths = np.array(tokens)
+    return {
+        "device": args.device, "device_name": device_name(device), "gpus": args.gpus if args.device == "cuda" else 0,
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "torchserve": _version("torchserve"), "aiohttp": aiohttp.__version__, "java": java_version,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "mode": args.mode, "checkpoint": next(iter(setups.values())).get("model_name"), "dtype": args.dtype,
+        "max_length": max_length, "setup_config": setups,
+        "model_config": {k: config[k] for k in ("batchSize", "maxBatchDelay", "minWorkers", "maxWorkers", "deviceType")
+                         if k in config} | ({"deviceIds": config["deviceIds"]} if "deviceIds" in config else {}),
+        "token_auth": True, "client": "aiohttp closed loop on the same host (its CPU use competes with the server's)",
+        "duration_cap_s": args.duration_cap,
+        "text_mix": {"texts": len(tokens), "tokens_p10": int(np.percentile(lengths, 10)),
+                     "tokens_p50": int(np.percentile(lengths, 50)), "tokens_p90": int(np.percentile(lengths, 90)),
+                     "tokens_max": int(lengths.max()), "truncated_share": float(np.mean(lengths >= max_length)),
+                     "description": "lengths uniform in 8..128 tokens, 10% tail up to 2 x max_length "
+                                    "(truncated to max_length)"},
+        "worker_env": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                       "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")},
+        "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg(),
+    }
+
+
+def _version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if shutil.which("java") is None:
+        raise SystemExit("serving: TorchServe's frontend needs Java 11+ on PATH (e.g. apt-get install openjdk-17-jre-headless)")
+    # The worker inherits this process's environment (scripts/torchserve_control.py). On a CPU shared with
+    # other jobs, spinning OpenMP threads wait on descheduled ones (see benchmarks/README.md, Shared CPUs).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if args.device == "cpu":
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    args.work_dir = args.work_dir.resolve()
+    store = args.work_dir / "model_store"
+    config = model_config(args)
+    setups = build_archives(args, store, config)
+    setup = next(iter(setups.values()))
+    max_length = int(setup.get("max_length", 128))
+
+    tokenizer = load_tokenizer(setup["model_name"])
+    texts = serving_mix(tokenizer, args.text_pool, max_length=max_length)
+    tokens = [token_count(tokenizer, text, max_length) for text in texts]
+    header = run_header(args, config, setups, tokens, max_length)
+    per_concurrency = {c: args.requests or (GPU_REQUESTS if args.device == "cuda" else CPU_REQUESTS).get(c, 480)
+                       for c in args.concurrency}
+    header["requests_per_cell"] = per_concurrency
+
+    run_dir = args.work_dir / "torchserve"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"starting TorchServe ({', '.join(args.systems)}) in {run_dir}", flush=True)
+    server = ts.start(store, {name: f"{name}.mar" for name in args.systems}, run_dir=run_dir, ports=ts.loopback_ports())
+    records = []
+    try:
+        ts.wait_until_ready(server)
+        for position, concurrency in enumerate(args.concurrency):
+            # Alternate which system goes first so that slow drift does not favour either.
+            order = args.systems if position % 2 == 0 else args.systems[::-1]
+            for system in order:
+                records.append(measure_cell(server, system, concurrency, per_concurrency[concurrency], args, texts,
+                                            tokens))
+    finally:
+        ts.stop(run_dir)
+    header["loadavg_end"] = os.getloadavg()
+
+    ratios = {}
+    for concurrency in args.concurrency:
+        cell = {r["system"]: r for r in records if r["concurrency"] == concurrency}
+        if len(cell) == len(SYSTEMS) and cell["stock"]["requests_per_s"] > 0:
+            ratios[str(concurrency)] = cell["fused"]["requests_per_s"] / cell["stock"]["requests_per_s"]
+    result = {"header": header, "records": records, "fused_over_stock_requests_per_s": ratios}
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    date = datetime.date.today().strftime("%Y%m%d")
+    gpus = f"-x{args.gpus}" if args.device == "cuda" and args.gpus > 1 else ""
+    stem = f"serving-{args.device}{gpus}-{slug(header['device_name'])}-{date}"
+    (args.out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot_serving(result, args.out_dir / f"{stem}.png")
+    if ratios:
+        print(f"fused / stock requests/s: {', '.join(f'c={c}: {r:.2f}x' for c, r in ratios.items())}")
+    print(f"wrote {args.out_dir / stem}.json and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
