@@ -22,6 +22,7 @@ Writes benchmarks/results/accuracy-<device>.md (one table) and accuracy-<device>
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import logging
@@ -130,23 +131,30 @@ def tokenize_inputs(tokenizer, sentences: list[str], qa_pairs: list[dict], batch
     return Inputs.of(encode_texts, sentences, batch_size), Inputs.of(encode_pairs, qa_pairs, batch_size)
 
 
-def task_models(device: str, dtype: torch.dtype, fused: bool) -> Iterator[tuple[str, torch.nn.Module]]:
-    """The three models the report needs, loaded one after another."""
-    for mode in ("feature_extraction", "sequence_classification", "question_answering"):
-        model = load_model(mode, CHECKPOINT, NUM_LABELS if mode == "sequence_classification" else None, dtype, device)
+def load_task_models() -> dict[str, torch.nn.Module]:
+    """The three models the report needs, fp32 on the CPU: the reference, and what every system is copied from."""
+    return {mode: load_model(mode, CHECKPOINT, NUM_LABELS if mode == "sequence_classification" else None)
+            for mode in ("feature_extraction", "sequence_classification", "question_answering")}
+
+
+def system_models(reference_models: dict, device: str, dtype: torch.dtype,
+                  fused: bool) -> Iterator[tuple[str, torch.nn.Module]]:
+    """Copies of the reference models in ``dtype`` on ``device``, fused when asked, one after another."""
+    for mode, reference_model in reference_models.items():
+        model = copy.deepcopy(reference_model).to(device=device, dtype=dtype)
         if fused:
             fusedbert.fuse(model)
         yield mode, model
 
 
-def run_system(device: str, dtype: torch.dtype, fused: bool, texts: Inputs, qa: Inputs) -> Outputs:
+def run_system(models: Iterator[tuple[str, torch.nn.Module]], device: str, texts: Inputs, qa: Inputs) -> Outputs:
     def forward(model, batch):
         model_inputs = {k: v.to(device) for k, v in batch.items() if k != "is_context"}
         return model(**model_inputs)
 
     collected: dict[str, list[torch.Tensor]] = {name: [] for name in Outputs.__dataclass_fields__}
     with torch.inference_mode():
-        for mode, model in task_models(device, dtype, fused):
+        for mode, model in models:
             batches = qa.batches if mode == "question_answering" else texts.batches
             for batch in batches:
                 output = forward(model, batch)
@@ -219,14 +227,17 @@ def main(argv=None) -> int:
     sentences, qa_pairs = load_sentences(args.sentences), load_qa_pairs(args.sentences)
     texts, qa = tokenize_inputs(load_tokenizer(CHECKPOINT), sentences, qa_pairs, args.batch_size)
     real_tokens = sum(int(b["attention_mask"].sum()) for b in texts.batches)
-    reference = run_system("cpu", torch.float32, False, texts, qa)
+    reference_models = load_task_models()
+    reference = run_system(reference_models.items(), "cpu", texts, qa)
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for device in devices(args.device):
         loadavg_start = os.getloadavg()
-        rows = [compare(device, dtype_name, system, run_system(device, DTYPES[dtype_name], system == "fused", texts, qa),
-                        reference)
-                for dtype_name in DEVICE_DTYPES[device] for system in SYSTEMS]
+        rows = []
+        for dtype_name in DEVICE_DTYPES[device]:
+            for system in SYSTEMS:
+                models = system_models(reference_models, device, DTYPES[dtype_name], fused=system == "fused")
+                rows.append(compare(device, dtype_name, system, run_system(models, device, texts, qa), reference))
         header = {
             "device": device, "device_name": device_name(torch.device(device)),
             "torch": torch.__version__, "transformers": transformers.__version__,

@@ -202,19 +202,17 @@ async def run_load(url: str, token: str, texts: list[str], tokens: list[int], co
         return replies, time.perf_counter() - began
 
 
-def handler_metrics(log: Path, offset: int, model: str) -> dict[str, list[float]]:
-    """Per-batch values of the handler's metrics for ``model`` logged after byte ``offset`` of ``log``."""
+def handler_metrics(log: Path, offset: int, model: str) -> list[dict[str, float]]:
+    """The handler's metrics for ``model`` logged after byte ``offset`` of ``log``, one dict per batch
+    (a batch's metrics carry the ids of its requests; the first one names the batch)."""
     with log.open("rb") as f:
         f.seek(offset)
         text = f.read().decode("utf-8", errors="replace")
-    per_batch: dict[tuple[str, str], float] = {}
+    batches: dict[str, dict[str, float]] = {}
     for name, value, model_name, request_id in METRIC_LINE.findall(text):
         if model_name == model and name in HANDLER_METRICS:
-            per_batch[(name, request_id)] = float(value)
-    values: dict[str, list[float]] = {name: [] for name in HANDLER_METRICS}
-    for (name, _), value in per_batch.items():
-        values[name].append(value)
-    return values
+            batches.setdefault(request_id, {})[name] = float(value)
+    return list(batches.values())
 
 
 def frontend_counters(server: ts.Server, model: str) -> dict[str, float]:
@@ -223,7 +221,7 @@ def frontend_counters(server: ts.Server, model: str) -> dict[str, float]:
 
 
 def summarize(system: str, concurrency: int, planned: int, replies: list[Reply], wall_s: float,
-              batches: dict[str, list[float]], counters_before: dict, counters_after: dict) -> dict:
+              batches: list[dict[str, float]], counters_before: dict, counters_after: dict) -> dict:
     ok = [r for r in replies if r.status == 200]
     latencies_ms = np.array([r.seconds * 1e3 for r in ok]) if ok else np.array([np.nan])
     errors: dict[str, int] = {}
@@ -231,13 +229,18 @@ def summarize(system: str, concurrency: int, planned: int, replies: list[Reply],
         if reply.status != 200:
             errors[str(reply.status)] = errors.get(str(reply.status), 0) + 1
 
-    def p50(name: str) -> float | None:
-        return float(np.median(batches[name])) if batches[name] else None
+    def values(name: str) -> list[float]:
+        return [batch[name] for batch in batches if name in batch]
 
-    model_ms, prediction_ms = np.array(batches["ModelTime"]), np.array(batches["PredictionTime"])
+    def p50(name: str) -> float | None:
+        return float(np.median(values(name))) if values(name) else None
+
+    # Everything in the worker but the forward pass: decoding, tokenizing, device copies, answers.
+    overheads = [b["PredictionTime"] - b["ModelTime"] for b in batches if "PredictionTime" in b and "ModelTime" in b]
     served = counters_after.get("ts_inference_requests_total", 0) - counters_before.get("ts_inference_requests_total", 0)
     queued_us = counters_after.get("ts_queue_latency_microseconds", 0) - counters_before.get("ts_queue_latency_microseconds", 0)
-    total = {name: float(np.sum(batches[name])) for name in ("TokenizeTime", "ModelTime", "PostprocessTime", "PredictionTime")}
+    total = {name: sum(values(name)) for name in ("TokenizeTime", "ModelTime", "PostprocessTime", "PredictionTime")}
+    padded, real = sum(values("PaddedTokens")), sum(values("RealTokens"))
     return {
         "system": system, "concurrency": concurrency, "requests_planned": planned, "requests_sent": len(replies),
         "stopped_by_duration_cap": len(replies) < planned, "completed": len(ok), "errors": len(replies) - len(ok),
@@ -248,13 +251,12 @@ def summarize(system: str, concurrency: int, planned: int, replies: list[Reply],
                        "max": float(np.max(latencies_ms))},
         "frontend_queue_ms_mean": queued_us / served / 1e3 if served else None,
         "handler": {
-            "batches": len(batches["BatchSize"]),
-            "mean_batch_size": float(np.mean(batches["BatchSize"])) if batches["BatchSize"] else None,
-            "padding_share": (sum(batches["PaddedTokens"]) / max(sum(batches["PaddedTokens"]) + sum(batches["RealTokens"]), 1)),
+            "batches": len(batches),
+            "mean_batch_size": float(np.mean(values("BatchSize"))) if values("BatchSize") else None,
+            "padding_share": padded / max(padded + real, 1),  # of the positions handed to the model
             "tokenize_ms_p50": p50("TokenizeTime"), "model_ms_p50": p50("ModelTime"),
             "postprocess_ms_p50": p50("PostprocessTime"), "batch_ms_p50": p50("PredictionTime"),
-            # Everything in the worker but the forward pass: decoding, tokenizing, device copies, answers.
-            "overhead_ms_p50": float(np.median(prediction_ms - model_ms)) if len(model_ms) == len(prediction_ms) > 0 else None,
+            "overhead_ms_p50": float(np.median(overheads)) if overheads else None,
             "share_of_batch_time": {name.removesuffix("Time").lower(): total[name] / total["PredictionTime"]
                                     for name in ("TokenizeTime", "ModelTime", "PostprocessTime")
                                     if total["PredictionTime"]},
