@@ -166,7 +166,6 @@ def build_archives(args: argparse.Namespace, store: Path, config: dict) -> dict:
 
 @dataclass
 class Reply:
-    started: float
     seconds: float
     status: int  # 0: no HTTP answer (connection error, timeout)
     tokens: int
@@ -193,7 +192,7 @@ async def run_load(url: str, token: str, texts: list[str], tokens: list[int], co
                     status = response.status
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 status = 0
-            replies.append(Reply(started, time.perf_counter() - started, status, tokens[index]))
+            replies.append(Reply(time.perf_counter() - started, status, tokens[index]))
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:

@@ -18,3 +18,27 @@ def test_accuracy_report_on_eight_sentences_writes_its_table(tmp_path):
     assert rows[("fp32", "fused")]["class_argmax_agreement"] == 1.0
     table = (tmp_path / "accuracy-cpu.md").read_text()
     assert table.count("\n| fp32 |") == 2 and table.count("\n| bf16 |") == 2
+
+
+def test_serving_benchmark_reads_handler_metrics_once_per_batch_of_its_model(tmp_path):
+    from benchmarks import serving
+
+    def line(name, unit, value, model, request_ids):
+        # As TorchServe 0.12 logs a worker's metric line in ts_log.log (every line twice, two appenders).
+        entry = (f"2026-11-23T18:46:11,137 [INFO ] W-9000-{model}_1.0-stdout org.pytorch.serve.wlm.WorkerLifeCycle - "
+                 f"result=[METRICS]{name}.{unit}:{value}|#ModelName:{model},Level:Model|#type:GAUGE|#hostname:vm,"
+                 f"1795459571,{request_ids}, pattern=[METRICS]\n")
+        return entry * 2
+
+    log = tmp_path / "ts_log.log"
+    before = line("ModelTime", "Milliseconds", 99.0, "fused", "00000000-aaaa")
+    log.write_text(before
+                   + line("ModelTime", "Milliseconds", 12.5, "fused", "11111111-aaaa,22222222-bbbb")
+                   + line("PredictionTime", "Milliseconds", 14.0, "fused", "11111111-aaaa,22222222-bbbb")
+                   + line("BatchSize", "Count", 2, "fused", "11111111-aaaa,22222222-bbbb")
+                   + line("ModelTime", "Milliseconds", 30.0, "stock", "33333333-cccc")
+                   + line("ModelTime", "Milliseconds", 7.25, "fused", "44444444-dddd"))
+
+    batches = serving.handler_metrics(log, len(before), "fused")
+
+    assert batches == [{"ModelTime": 12.5, "PredictionTime": 14.0, "BatchSize": 2.0}, {"ModelTime": 7.25}]
