@@ -70,9 +70,11 @@ def _encoder_panels(records: list[dict], value_key: str, ylabel: str, title: str
         axis.set_yscale("log")
         axis.set_title(f"{model} {dtype}")
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    # One legend for the figure: a system absent from some panel (ORT has no bf16) is still named.
+    labelled = {label: handle for axis in axes for handle, label in zip(*axis.get_legend_handles_labels())}
+    figure.legend(list(labelled.values()), list(labelled), loc="lower center", ncol=len(labelled), fontsize=9)
     figure.suptitle(f"{title}\n{_label(header)}")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
     figure.savefig(output, dpi=110)
     plt.close(figure)
     return output
