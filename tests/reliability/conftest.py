@@ -3,6 +3,7 @@ and variants of it registered through the management API (see torchserve_support
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -51,3 +52,13 @@ def server(reliability_store, tmp_path_factory):
             reply = register(started, name, name, batch_size=BATCH_SIZE, max_batch_delay=MAX_BATCH_DELAY_MS)
             assert reply.status == 200, f"{name}: {reply.body[:300]}\n{ts.log_tail(started)}"
         yield started
+
+
+@pytest.fixture(autouse=True)
+def long_tests_only_when_asked(request):
+    """Tests marked slow (the 10,000-request soak) run under ``-m slow`` or with FUSEDBERT_SLOW=1; the
+    default run takes their short forms."""
+    if request.node.get_closest_marker("slow") is None:
+        return
+    if "slow" not in (request.config.getoption("markexpr") or "") and os.environ.get("FUSEDBERT_SLOW") != "1":
+        pytest.skip("long form: run with -m slow or FUSEDBERT_SLOW=1")
