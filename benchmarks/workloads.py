@@ -70,7 +70,7 @@ def load_model(name: str) -> tuple[BertModel, str]:
     if name not in MODEL_SHAPES:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_SHAPES)}")
     if name == "minilm":
-        from tests.conftest import minilm_dir
+        from fusedbert.hub import minilm_dir
 
         path = minilm_dir()
         if path is not None:

