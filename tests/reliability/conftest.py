@@ -13,15 +13,8 @@ TESTS_DIR = Path(__file__).resolve().parents[1]
 if str(TESTS_DIR) not in sys.path:  # handler_support, for the tests that run the handler without a server
     sys.path.insert(0, str(TESTS_DIR))
 
-from torchserve_support import config_with_model_api, derive_model_dir, integration, register, ts, unpack_archive  # noqa: E402
-
-# The batch-forming settings of the models under test: up to 16 requests wait at most 300 ms for each
-# other, long enough that requests sent together share a batch on a busy machine.
-BATCH_SIZE = 16
-MAX_BATCH_DELAY_MS = 300
-ARCHIVE = "feature_extraction"  # served from the .mar as built: the model that must keep serving
-EMBEDDER = "embedder"  # the same archive unpacked, with the batch settings above
-QA = "qa"  # question answering from the same checkpoint, save_mode pretrained
+from torchserve_support import (ARCHIVE, BATCH_SIZE, EMBEDDER, MAX_BATCH_DELAY_MS, QA,  # noqa: E402
+                                config_with_model_api, derive_model_dir, integration, register, ts, unpack_archive)
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,8 @@ import time
 import pytest
 import torch
 
-from conftest import ARCHIVE, EMBEDDER
-from torchserve_support import STARTUP_TIMEOUT_S, derive_model_dir, model_log, post_all, register, unregister
+from torchserve_support import (ARCHIVE, EMBEDDER, STARTUP_TIMEOUT_S, derive_model_dir, model_log, post_all,
+                                register, unregister)
 
 LIBRARY = "_C.abi3.so"
 

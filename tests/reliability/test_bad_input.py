@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from conftest import ARCHIVE, BATCH_SIZE, EMBEDDER, MAX_BATCH_DELAY_MS, QA
-from torchserve_support import describe, gauge, post_all, server_properties, worker_pid
+from torchserve_support import (ARCHIVE, BATCH_SIZE, EMBEDDER, MAX_BATCH_DELAY_MS, QA, describe, gauge, post_all,
+                                server_properties, worker_pid)
 
 # body -> what its 400's message must say. bytes and str go as text/plain, anything else as JSON
 # (TorchServe hands a JSON body to the handler already parsed, so [1, 2, 3] arrives as a list).

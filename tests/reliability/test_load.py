@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from conftest import ARCHIVE, BATCH_SIZE, EMBEDDER
-from torchserve_support import LOST, describe, post_all, resident_bytes, worker_pid
+from torchserve_support import ARCHIVE, BATCH_SIZE, EMBEDDER, LOST, describe, post_all, resident_bytes, worker_pid
 
 CONCURRENCY = 64
 # Short texts of 3 to ~40 tokens: the soak is about reliability, so keep each request cheap.

@@ -10,7 +10,6 @@ import json
 import os
 import pickle
 import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings

@@ -31,6 +31,14 @@ _spec.loader.exec_module(integration)
 
 import torchserve_control as ts  # noqa: E402  (on sys.path through the integration conftest)
 
+# The models conftest.py serves. Those under test batch up to 16 requests that wait at most 300 ms for
+# each other: long enough that requests sent together share a batch on a busy machine.
+BATCH_SIZE = 16
+MAX_BATCH_DELAY_MS = 300
+ARCHIVE = "feature_extraction"  # served from the .mar as built: the model that must keep serving
+EMBEDDER = "embedder"  # the same archive unpacked, with the batch settings above
+QA = "qa"  # question answering from the same checkpoint, save_mode pretrained
+
 # A failing worker answers synchronous registration within its startup; a healthy one loads MiniLM
 # in well under a minute on a busy 2-core machine. Bounds, so that nothing waits forever.
 STARTUP_TIMEOUT_S = 120
