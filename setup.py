@@ -29,6 +29,10 @@ def build_extension():
         name="fusedbert._C",
         sources=sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp"),
         py_limited_api=True,
+        # Some toolchains (seen: a CUDA image's g++) link libstdc++ statically by default. The library then
+        # carries its own copy of libstdc++'s locale state, and formatting a number into an error message
+        # crashes the process. Name the shared libstdc++ the rest of the process uses.
+        extra_link_args=["-l:libstdc++.so.6"] if platform.system() == "Linux" else [],
     )
     if not with_cuda:
         return CppExtension(extra_compile_args={"cxx": cxx}, **common)

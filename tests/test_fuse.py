@@ -53,7 +53,8 @@ def random_batch(vocab, lengths, seq_len=None, seed=0):
 
 @pytest.fixture(scope="module")
 def minilm(minilm_path):
-    return AutoModel.from_pretrained(str(minilm_path)).eval()
+    # float32 whatever the checkpoint stores (the GPU machine carries a float16 copy of it)
+    return AutoModel.from_pretrained(str(minilm_path), dtype=torch.float32).eval()
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,8 @@ def test_bf16_error_within_twice_hf_bf16_error(minilm, minilm_tokenizer):
 
 def test_bf16_classification_argmax_agrees_on_real_text(minilm_path, minilm_tokenizer):
     torch.manual_seed(0)  # the MiniLM checkpoint has no classification head: a seeded one
-    hf = AutoModelForSequenceClassification.from_pretrained(str(minilm_path), num_labels=3).eval()
+    hf = AutoModelForSequenceClassification.from_pretrained(str(minilm_path), num_labels=3,
+                                                            dtype=torch.float32).eval()
     fused_bf16 = fused_copy(hf).to(torch.bfloat16)
     batch = minilm_tokenizer(SENTENCES * 4, padding=True, return_tensors="pt")
     with torch.no_grad():

@@ -165,6 +165,13 @@ def test_library_built_for_another_torch_is_refused(tmp_path):
         check_library(str(patched))
 
 
+@pytest.mark.skipif(shutil.which("readelf") is None, reason="needs binutils' readelf")
+def test_library_links_the_shared_libstdcxx():
+    # A private static copy of libstdc++ crashes on the first error message holding a number.
+    dynamic = subprocess.run(["readelf", "-d", fusedbert.library_path()], capture_output=True, text=True).stdout
+    assert "[libstdc++.so.6]" in dynamic
+
+
 def test_library_alone_registers_the_op_in_a_process_without_fusedbert(tmp_path):
     args = sample_inputs()
     torch.save({"args": args, "expected": encoder_reference(*args)}, tmp_path / "case.pt")
