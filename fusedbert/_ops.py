@@ -16,11 +16,16 @@ load_library()
 
 @torch.library.register_fake("fusedbert::encoder")
 def _encoder_fake(hidden, attention_mask, weights, num_heads, layer_norm_eps, activation, remove_padding):
-    torch._check(hidden.dim() == 3, lambda: f"hidden must be [batch, seq_len, hidden]; got {hidden.shape}")
-    torch._check(attention_mask.dim() == 2, lambda: f"attention_mask must be [batch, seq_len]; got {attention_mask.shape}")
-    torch._check(attention_mask.shape[0] == hidden.shape[0] and attention_mask.shape[1] == hidden.shape[1],
-                 lambda: f"attention_mask {attention_mask.shape} does not match hidden {hidden.shape}")
-    torch._check(len(weights) > 0 and len(weights) % 12 == 0, lambda: "weights must hold 12 tensors per layer")
+    # The shape and device checks of csrc/encoder_args.cpp that tracing can make without data.
+    def check(condition, message):
+        torch._check(condition, lambda: f"fusedbert::encoder: {message}")
+
+    check(hidden.dim() == 3, f"hidden must be [batch, seq_len, hidden]; got {tuple(hidden.shape)}")
+    check(attention_mask.dim() == 2 and attention_mask.shape == hidden.shape[:2],
+          f"attention_mask {tuple(attention_mask.shape)} does not match hidden {tuple(hidden.shape)} in [batch, seq_len]")
+    check(len(weights) > 0 and len(weights) % 12 == 0, f"weights must hold 12 tensors per layer; got {len(weights)}")
+    for tensor in (attention_mask, *weights):
+        check(tensor.device == hidden.device, f"every tensor must be on hidden's device {hidden.device}; got {tensor.device}")
     return torch.empty_like(hidden, memory_format=torch.contiguous_format)
 
 

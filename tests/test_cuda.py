@@ -12,6 +12,8 @@ from transformers import AutoModel, AutoModelForSequenceClassification, BertConf
 
 import fusedbert
 from fusedbert import encoder_reference
+from parity_support import (AWKWARD_BATCHES, HEADS, SENTENCES, max_diff_at_real_tokens, random_batch,
+                            random_op_inputs)
 
 pytestmark = pytest.mark.cuda
 
@@ -25,37 +27,6 @@ FP32_TOLERANCE = 1e-4
 # must in addition stay within 1e-2 of float32.
 FP16_ABSOLUTE_BOUND = 1e-2
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-SENTENCES = [
-    "The fused encoder runs only on real tokens.",
-    "Short.",
-    "A considerably longer sentence, with punctuation, numbers like 1234, and enough words to make the "
-    "padding of its neighbours matter for anything that does not remove it.",
-    "Paris is the capital of France.",
-    "I loved this film; the acting was superb and the plot kept me guessing until the very end.",
-    "Terrible service, cold food, and a two hour wait. Never again.",
-]
-AWKWARD_BATCHES = {
-    "batch_1": [17],
-    "one_token_among_long": [60, 1, 45, 60],
-    "all_equal": [24] * 8,
-    "max_length_512": [512, 300],
-    "batch_64": [8 + (i * 37) % 120 for i in range(64)],
-}
-
-
-def random_batch(vocab, lengths, seq_len=None, seed=0):
-    seq_len = seq_len or max(lengths)
-    g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, vocab, (len(lengths), seq_len), generator=g)
-    mask = (torch.arange(seq_len)[None, :] < torch.tensor(lengths)[:, None]).long()
-    return {"input_ids": (input_ids * mask).to(DEVICE), "attention_mask": mask.to(DEVICE)}
-
-
-def max_diff_at_real_tokens(a, b, mask):
-    real = mask.bool()
-    return (a[real].float() - b[real].float()).abs().max().item()
-
-
 def hf_and_fused(model, dtype, remove_padding=True):
     """The HF model (SDPA attention) and a fused copy, both on the GPU in `dtype`."""
     hf = copy.deepcopy(model).to(DEVICE, dtype).eval()
@@ -95,7 +66,7 @@ def minilm(minilm_path):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("lengths", AWKWARD_BATCHES.values(), ids=AWKWARD_BATCHES.keys())
 def test_minilm_real_weights_awkward_batches(minilm, lengths, dtype):
-    assert_matches_hf(minilm, random_batch(minilm.config.vocab_size, lengths), dtype)
+    assert_matches_hf(minilm, random_batch(minilm.config.vocab_size, lengths, device=DEVICE), dtype)
 
 
 @pytest.mark.parametrize("remove_padding", [True, False], ids=["packed", "padded"])
@@ -116,7 +87,7 @@ BERT_SHAPES = {
 def test_random_bert_shapes(shape, dtype):
     torch.manual_seed(0)
     model = AutoModel.from_config(BertConfig(vocab_size=1000, **shape), attn_implementation="sdpa")
-    assert_matches_hf(model, random_batch(1000, [1, 128, 37, 64, 90, 8, 128, 3]), dtype)
+    assert_matches_hf(model, random_batch(1000, [1, 128, 37, 64, 90, 8, 128, 3], device=DEVICE), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -127,7 +98,7 @@ def test_epilogue_activations(activation, dtype):
     config = BertConfig(vocab_size=1000, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
                         intermediate_size=1024, hidden_act=activation)
     model = AutoModel.from_config(config, attn_implementation="sdpa")
-    assert_matches_hf(model, random_batch(1000, [5, 77, 1, 40]), dtype)
+    assert_matches_hf(model, random_batch(1000, [5, 77, 1, 40], device=DEVICE), dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -145,7 +116,7 @@ def test_classification_argmax_agrees_on_real_text(minilm_path, minilm_tokenizer
 
 def test_fp32_follows_the_tf32_switch(minilm):
     _, fused = hf_and_fused(minilm, torch.float32)
-    batch = random_batch(minilm.config.vocab_size, [100, 64, 128])
+    batch = random_batch(minilm.config.vocab_size, [100, 64, 128], device=DEVICE)
     with torch.no_grad():
         exact = fused(**batch).last_hidden_state
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -158,26 +129,8 @@ def test_fp32_follows_the_tf32_switch(minilm):
 
 # ---- the op's contract on CUDA tensors --------------------------------------------------------------
 
-HIDDEN, HEADS, INTERMEDIATE, LAYERS = 64, 4, 128, 2
-
-
 def op_inputs(lengths=(5, 1, 9, 3), dtype=torch.float32, seq_len=None, seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale=0.1):
-        return (torch.randn(*shape, generator=g) * scale).to(DEVICE, dtype)
-
-    weights = []
-    for _ in range(LAYERS):
-        weights += [
-            rand(3 * HIDDEN, HIDDEN), rand(3 * HIDDEN), rand(HIDDEN, HIDDEN), rand(HIDDEN),
-            1 + rand(HIDDEN), rand(HIDDEN), rand(INTERMEDIATE, HIDDEN), rand(INTERMEDIATE),
-            rand(HIDDEN, INTERMEDIATE), rand(HIDDEN), 1 + rand(HIDDEN), rand(HIDDEN),
-        ]
-    seq_len = seq_len or max(lengths)
-    mask = (torch.arange(seq_len)[None, :] < torch.tensor(lengths)[:, None]).long().to(DEVICE)
-    hidden = rand(len(lengths), seq_len, HIDDEN, scale=1.0)
-    return hidden, mask, weights
+    return random_op_inputs(lengths, dtype, DEVICE, seed, seq_len)
 
 
 def run_op(hidden, mask, weights, remove_padding=True, heads=HEADS, activation="gelu"):

@@ -21,34 +21,11 @@ from transformers import (
 )
 
 import fusedbert
+from parity_support import AWKWARD_BATCHES, SENTENCES, max_diff_at_real_tokens, random_batch
 
 FP32_TOLERANCE = 1e-4
-SENTENCES = [
-    "The fused encoder runs only on real tokens.",
-    "Short.",
-    "A considerably longer sentence, with punctuation, numbers like 1234, and enough words to make the "
-    "padding of its neighbours matter for anything that does not remove it.",
-    "Paris is the capital of France.",
-    "I loved this film; the acting was superb and the plot kept me guessing until the very end.",
-    "Terrible service, cold food, and a two hour wait. Never again.",
-]
-
-
 def fused_copy(model, **kwargs):
     return fusedbert.fuse(copy.deepcopy(model), **kwargs)
-
-
-def max_diff_at_real_tokens(a, b, mask):
-    real = mask.bool()
-    return (a[real].float() - b[real].float()).abs().max().item()
-
-
-def random_batch(vocab, lengths, seq_len=None, seed=0):
-    seq_len = seq_len or max(lengths)
-    g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, vocab, (len(lengths), seq_len), generator=g)
-    mask = (torch.arange(seq_len)[None, :] < torch.tensor(lengths)[:, None]).long()
-    return {"input_ids": input_ids * mask, "attention_mask": mask}
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +37,6 @@ def minilm(minilm_path):
 @pytest.fixture(scope="module")
 def fused_minilm(minilm):
     return fused_copy(minilm)
-
-
-AWKWARD_BATCHES = {
-    "batch_1": [17],
-    "one_token_among_long": [60, 1, 45, 60],
-    "all_equal": [24] * 8,
-    "max_length_512": [512, 300],
-    "batch_64": [8 + (i * 37) % 120 for i in range(64)],
-}
 
 
 @pytest.mark.parametrize("lengths", AWKWARD_BATCHES.values(), ids=AWKWARD_BATCHES.keys())

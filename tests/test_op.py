@@ -14,35 +14,12 @@ import torch
 import fusedbert
 from fusedbert import LibraryMismatchError, encoder_reference
 from fusedbert.library import build_info, check_library
+from parity_support import HEADS, random_op_inputs
 
-HIDDEN, HEADS, INTERMEDIATE, LAYERS = 64, 4, 128, 2
-
-
-def random_weights(layers=LAYERS, hidden=HIDDEN, intermediate=INTERMEDIATE, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale=0.1):
-        return (torch.randn(*shape, generator=g) * scale).to(dtype)
-
-    weights = []
-    for _ in range(layers):
-        weights += [
-            rand(3 * hidden, hidden), rand(3 * hidden), rand(hidden, hidden), rand(hidden),
-            1 + rand(hidden), rand(hidden), rand(intermediate, hidden), rand(intermediate),
-            rand(hidden, intermediate), rand(hidden), 1 + rand(hidden), rand(hidden),
-        ]
-    return weights
-
-
-def mask_from_lengths(lengths, seq_len=None):
-    seq_len = seq_len or max(lengths)
-    return (torch.arange(seq_len)[None, :] < torch.tensor(lengths)[:, None]).long()
 
 
 def sample_inputs(lengths=(5, 1, 9, 3), dtype=torch.float32, activation="gelu"):
-    mask = mask_from_lengths(lengths)
-    hidden = torch.randn(len(lengths), mask.shape[1], HIDDEN, generator=torch.Generator().manual_seed(1)).to(dtype)
-    return hidden, mask, random_weights(dtype=dtype), HEADS, 1e-12, activation
+    return (*random_op_inputs(lengths, dtype), HEADS, 1e-12, activation)
 
 
 def run_op(hidden, mask, weights, heads, eps, activation, remove_padding=True):
