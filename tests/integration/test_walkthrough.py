@@ -1,4 +1,4 @@
-"""docs/serving.md's manual sequence (the original TorchServe example's commands, with this repository's
+"""The README's manual sequence (the original TorchServe example's commands, with this repository's
 paths), run verbatim in bash from a scratch directory that links to the repository's folders.
 
 Only the environment differs from a user's shell: TMPDIR and TEMP point into the scratch directory, so
@@ -21,7 +21,7 @@ import pytest
 import torchserve_control as ts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DOC = REPO_ROOT / "docs" / "serving.md"
+DOC = REPO_ROOT / "README.md"
 LINKED = ("artifacts", "configs", "handler", "scripts", "trace", "fusedbert")
 DEFAULT_PORTS = {"inference": 8080, "management": 8081, "metrics": 8082}
 COMMAND_TIMEOUT_S = 300
