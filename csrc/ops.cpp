@@ -1,7 +1,10 @@
 // The op's schema, defined once; the CPU and CUDA kernels register against it in their own files.
 #include <torch/library.h>
 
+#include <atomic>
 #include <string>
+
+#include "settings.h"
 
 #ifndef FUSEDBERT_TORCH_VERSION
 #error "setup.py defines FUSEDBERT_TORCH_VERSION (the torch this library is compiled against)"
@@ -18,13 +21,36 @@
 extern "C" __attribute__((used, visibility("default"))) const char fusedbert_build_marker[] =
     "FUSEDBERT_BUILD torch=" FUSEDBERT_TORCH_VERSION " cuda=" FUSEDBERT_CUDA_FLAG " END";
 
+namespace fusedbert {
 namespace {
+
+std::atomic<bool> gemm_autotuning{false};
+std::atomic<int64_t> token_capacity{0};
 
 std::string build_info() {
   return "torch=" FUSEDBERT_TORCH_VERSION " cuda=" FUSEDBERT_CUDA_FLAG;
 }
 
+bool set_gemm_autotuning(bool enabled) {
+  return gemm_autotuning.exchange(enabled);
+}
+
+int64_t set_capture_token_capacity(int64_t rows) {
+  TORCH_CHECK(rows >= 0, "fusedbert::set_capture_token_capacity: rows must be >= 0; got ", rows);
+  return token_capacity.exchange(rows);
+}
+
 }  // namespace
+
+bool gemm_autotuning_enabled() {
+  return gemm_autotuning.load();
+}
+
+int64_t capture_token_capacity() {
+  return token_capacity.load();
+}
+
+}  // namespace fusedbert
 
 TORCH_LIBRARY(fusedbert, m) {
   // hidden: [B, S, H] float32/float16/bfloat16; attention_mask: [B, S], nonzero = real token.
@@ -33,5 +59,10 @@ TORCH_LIBRARY(fusedbert, m) {
   m.def(
       "encoder(Tensor hidden, Tensor attention_mask, Tensor[] weights, int num_heads, float layer_norm_eps, "
       "str activation, bool remove_padding) -> Tensor");
-  m.def("build_info() -> str", &build_info);
+  m.def("build_info() -> str", &fusedbert::build_info);
+  // Returns the previous setting. Off by default: timing costs milliseconds per new shape, which a server
+  // meeting many token counts should not pay; CUDA graph warm-up (fixed shapes) turns it on. No effect on CPU.
+  m.def("set_gemm_autotuning(bool enabled) -> bool", &fusedbert::set_gemm_autotuning);
+  // Returns the previous value. See csrc/settings.h; set around a capture by fusedbert/cuda_graphs.py.
+  m.def("set_capture_token_capacity(int rows) -> int", &fusedbert::set_capture_token_capacity);
 }

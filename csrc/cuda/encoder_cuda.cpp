@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "../encoder_args.h"
+#include "../settings.h"
 #include "gemm.h"
 #include "kernels.h"
 
@@ -110,7 +111,12 @@ at::Tensor encoder_cuda(
 
   const int64_t rows = dims.batch * dims.seq_len;
   const at::Tensor flat = hidden.contiguous().view({rows, dims.hidden});
-  const PackedBatch packed = find_real_tokens(attention_mask);
+  // In a CUDA graph the sizes cannot be read back: every layer then runs on a fixed row count, the real
+  // tokens packed first and zeros after: the capture's token capacity, or B * S. The replayer checks mask
+  // values and the real-token count on the host (fusedbert/cuda_graphs.py).
+  const PackedBatch packed = current_stream_is_capturing()
+                                 ? find_real_tokens(attention_mask, /*read_back=*/false, capture_token_capacity())
+                                 : find_real_tokens(attention_mask, /*read_back=*/true);
   // A value other than 0 or 1 usually means a float additive mask (0 / -inf) or a flattened 4-D mask
   // passed by mistake; treating it as "nonzero = real" would give silently wrong numbers.
   if (packed.first_invalid >= 0) {
@@ -118,7 +124,7 @@ at::Tensor encoder_cuda(
     TORCH_CHECK(false, "fusedbert::encoder: attention_mask values must be 0 or 1; found ",
                 attention_mask[b][s].item<int64_t>(), " at [", b, ", ", s, "]");
   }
-  if (packed.total_tokens == 0) return at::zeros({dims.batch, dims.seq_len, dims.hidden}, hidden.options());
+  if (packed.packed_rows == 0) return at::zeros({dims.batch, dims.seq_len, dims.hidden}, hidden.options());
 
   at::Tensor x;
   at::Tensor key_bias;  // only without padding removal: padded rows stay in, masked as keys

@@ -4,12 +4,19 @@
 #include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/Exceptions.h>
+#include <ATen/cuda/Sleep.h>
+#include <c10/cuda/CUDAException.h>
 #include <cublasLt.h>
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <unordered_map>
+#include <vector>
+
+#include "../settings.h"
+#include "kernels.h"
 
 namespace fusedbert::cuda {
 namespace {
@@ -17,6 +24,11 @@ namespace {
 // Hopper's fastest cuBLASLt kernels want up to 32 MiB of workspace; it comes from the caching
 // allocator, so asking once per encoder call costs no cudaMalloc after the first.
 constexpr int64_t kWorkspaceBytes = int64_t{32} << 20;
+// Candidates kept from the heuristic for timing. Its first choice is often not the fastest for small M
+// (a few tokens: the GEMM is bound by reading the weights, and split-K or a narrower tile spreads that
+// read over more SMs).
+constexpr int kCandidateAlgos = 16;
+constexpr int kTimedRuns = 8;
 
 // Everything a cuBLASLt plan depends on. `alignment` is the largest power of two (at most 256) that
 // divides every buffer address: algorithms that need more are excluded, as cuBLASLt asks.
@@ -114,41 +126,80 @@ class Plan {
                            CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
       TORCH_CUDABLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, attribute, &alignment, sizeof(alignment)));
     }
-    cublasLtMatmulHeuristicResult_t result = {};
+    cublasLtMatmulHeuristicResult_t results[kCandidateAlgos] = {};
     int found = 0;
     TORCH_CUDABLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(at::cuda::getCurrentCUDABlasLtHandle(), desc, a_.get(), b_.get(),
-                                                        d_.get(), d_.get(), preference, 1, &result, &found));
+                                                        d_.get(), d_.get(), preference, kCandidateAlgos, results, &found));
     TORCH_CHECK(found > 0, "fusedbert::encoder (CUDA): cuBLASLt has no algorithm for a ", key.dtype, " GEMM [", key.n,
                 ", ", key.k, "] x [", key.k, ", ", key.m, "] with epilogue ", static_cast<int>(key.epilogue));
-    algo_ = result.algo;
+    for (int i = 0; i < found; ++i) candidates_.push_back(results[i].algo);
+    algo_ = candidates_.front();
   }
 
   void run(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
-           const at::Tensor& workspace) const {
+           const at::Tensor& workspace, bool capturing) {
     if (has_bias_) {
       // Set per call: the plan is shared by every layer, each with its own bias.
       const void* bias_ptr = bias.data_ptr();
       TORCH_CUDABLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr,
                                                           sizeof(bias_ptr)));
     }
-    const float alpha = 1.0f, beta = 0.0f;
-    TORCH_CUDABLAS_CHECK(cublasLtMatmul(at::cuda::getCurrentCUDABlasLtHandle(), desc_.get(), &alpha, weight.data_ptr(),
-                                        a_.get(), in.data_ptr(), b_.get(), &beta, out.data_ptr(), d_.get(),
-                                        out.data_ptr(), d_.get(), &algo_, workspace.data_ptr(),
-                                        static_cast<size_t>(workspace.nbytes()), at::cuda::getCurrentCUDAStream()));
+    // Timing waits on events, which a stream being captured cannot do; the graph's warm-up tunes first.
+    if (!tuned_ && !capturing && gemm_autotuning_enabled()) tune(out, in, weight, workspace);
+    TORCH_CUDABLAS_CHECK(matmul(algo_, out, in, weight, workspace));
   }
 
  private:
+  cublasStatus_t matmul(const cublasLtMatmulAlgo_t& algo, at::Tensor& out, const at::Tensor& in,
+                        const at::Tensor& weight, const at::Tensor& workspace) const {
+    const float alpha = 1.0f, beta = 0.0f;
+    return cublasLtMatmul(at::cuda::getCurrentCUDABlasLtHandle(), desc_.get(), &alpha, weight.data_ptr(), a_.get(),
+                          in.data_ptr(), b_.get(), &beta, out.data_ptr(), d_.get(), out.data_ptr(), d_.get(), &algo,
+                          workspace.data_ptr(), static_cast<size_t>(workspace.nbytes()),
+                          at::cuda::getCurrentCUDAStream());
+  }
+
+  // Times every candidate on the call's own buffers (their results are overwritten by the real run that
+  // follows) and keeps the fastest. A spin kernel holds the stream while the runs are queued, so the
+  // events time the GPU's work, not the host's launch rate: a graph replay has no launch cost either.
+  void tune(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& workspace) {
+    tuned_ = true;
+    if (candidates_.size() < 2) return;
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    cudaEvent_t start = nullptr, stop = nullptr;
+    C10_CUDA_CHECK(cudaEventCreate(&start));
+    C10_CUDA_CHECK(cudaEventCreate(&stop));
+    float best_ms = std::numeric_limits<float>::infinity();
+    for (const cublasLtMatmulAlgo_t& algo : candidates_) {
+      if (matmul(algo, out, in, weight, workspace) != CUBLAS_STATUS_SUCCESS) continue;  // also the warm-up run
+      at::cuda::sleep(int64_t{1} << 18);  // ~0.15 ms of spinning: longer than queueing the timed runs
+      C10_CUDA_CHECK(cudaEventRecord(start, stream));
+      for (int i = 0; i < kTimedRuns; ++i) TORCH_CUDABLAS_CHECK(matmul(algo, out, in, weight, workspace));
+      C10_CUDA_CHECK(cudaEventRecord(stop, stream));
+      C10_CUDA_CHECK(cudaEventSynchronize(stop));
+      float ms = 0.0f;
+      C10_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+      if (ms < best_ms) {
+        best_ms = ms;
+        algo_ = algo;
+      }
+    }
+    C10_CUDA_CHECK(cudaEventDestroy(start));
+    C10_CUDA_CHECK(cudaEventDestroy(stop));
+  }
+
   bool has_bias_;
   DescPtr desc_;
   LayoutPtr a_, b_, d_;
+  std::vector<cublasLtMatmulAlgo_t> candidates_;  // the heuristic's, best first
   cublasLtMatmulAlgo_t algo_;
+  bool tuned_ = false;
 };
 
 // A heuristic query costs microseconds of host time and a call issues 4 GEMMs per layer in 4 distinct
 // shapes, so plans are cached. Per thread: the bias pointer is written into the shared descriptor at
 // each run, which must not race.
-const Plan& plan_for(const PlanKey& key) {
+Plan& plan_for(const PlanKey& key) {
   constexpr size_t kMaxPlans = 1024;  // distinct token counts keep arriving in a server; bound the cache
   thread_local std::unordered_map<PlanKey, std::unique_ptr<Plan>, PlanKeyHash> plans;
   auto found = plans.find(key);
@@ -182,7 +233,7 @@ void linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, con
                     at::globalContext().allowTF32CuBLAS(),
                     common_alignment({out.data_ptr(), in.data_ptr(), weight.data_ptr(),
                                       has_bias ? bias.data_ptr() : nullptr})};
-  plan_for(key).run(out, in, weight, bias, workspace);
+  plan_for(key).run(out, in, weight, bias, workspace, current_stream_is_capturing());
 }
 
 }  // namespace fusedbert::cuda

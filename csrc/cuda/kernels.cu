@@ -84,10 +84,11 @@ __global__ void rank_real_tokens_kernel(
 }
 
 // One block: cu_seqlens by an inclusive scan over the lengths, plus the summary the host reads back:
-// {total tokens, longest sequence, first invalid mask position or LLONG_MAX}.
+// {total tokens, longest sequence, first invalid mask position or LLONG_MAX}. Offsets are capped at
+// row_limit, the packed buffer's rows, so that attention never reaches past it (see find_real_tokens).
 __global__ void summarize_kernel(
     const int32_t* __restrict__ seqlens, const long long* __restrict__ first_invalid, int64_t batch,
-    int32_t* __restrict__ cu_seqlens, long long* __restrict__ summary) {
+    int32_t row_limit, int32_t* __restrict__ cu_seqlens, long long* __restrict__ summary) {
   using Scan = cub::BlockScan<int32_t, kSummaryThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   __shared__ int32_t carry;
@@ -109,7 +110,7 @@ __global__ void summarize_kernel(
     }
     int32_t inclusive, chunk_total;
     Scan(scan_storage).InclusiveSum(len, inclusive, chunk_total);
-    if (b < batch) cu_seqlens[b + 1] = carry + inclusive;
+    if (b < batch) cu_seqlens[b + 1] = min(carry + inclusive, row_limit);
     __syncthreads();
     if (threadIdx.x == 0) carry += chunk_total;
     __syncthreads();
@@ -126,11 +127,12 @@ __global__ void summarize_kernel(
 template <typename unit_t>
 __global__ void gather_rows_kernel(
     const unit_t* __restrict__ hidden, const int32_t* __restrict__ rank, const int32_t* __restrict__ cu_seqlens,
-    int64_t seq_len, int64_t units_per_row, unit_t* __restrict__ packed) {
+    int64_t seq_len, int64_t units_per_row, int64_t packed_rows, unit_t* __restrict__ packed) {
   const int64_t position = blockIdx.x;
   const int32_t r = rank[position];
   if (r < 0) return;
   const int64_t dest = cu_seqlens[position / seq_len] + r;
+  if (dest >= packed_rows) return;  // past a capture's row bound: see find_real_tokens
   for (int64_t i = threadIdx.x; i < units_per_row; i += blockDim.x) {
     packed[dest * units_per_row + i] = hidden[position * units_per_row + i];
   }
@@ -139,15 +141,15 @@ __global__ void gather_rows_kernel(
 template <typename unit_t>
 __global__ void scatter_rows_kernel(
     const unit_t* __restrict__ rows, const int32_t* __restrict__ rank, const int32_t* __restrict__ cu_seqlens,
-    int64_t seq_len, int64_t units_per_row, bool rows_are_packed, unit_t* __restrict__ out) {
+    int64_t seq_len, int64_t units_per_row, bool rows_are_packed, int64_t row_count, unit_t* __restrict__ out) {
   const int64_t position = blockIdx.x;
   const int32_t r = rank[position];
   unit_t* dst = out + position * units_per_row;
-  if (r < 0) {
+  const int64_t src_row = r < 0 ? -1 : rows_are_packed ? cu_seqlens[position / seq_len] + r : position;
+  if (src_row < 0 || src_row >= row_count) {  // padding, or a real token past a capture's row bound
     for (int64_t i = threadIdx.x; i < units_per_row; i += blockDim.x) dst[i] = unit_t{};
     return;
   }
-  const int64_t src_row = rows_are_packed ? cu_seqlens[position / seq_len] + r : position;
   const unit_t* src = rows + src_row * units_per_row;
   for (int64_t i = threadIdx.x; i < units_per_row; i += blockDim.x) dst[i] = src[i];
 }
@@ -273,7 +275,13 @@ bool pack_aligned(const at::Tensor& t) {
 
 }  // namespace
 
-PackedBatch find_real_tokens(const at::Tensor& attention_mask) {
+bool current_stream_is_capturing() {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(at::cuda::getCurrentCUDAStream(), &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
+PackedBatch find_real_tokens(const at::Tensor& attention_mask, bool read_back, int64_t row_bound) {
   const at::Tensor mask = attention_mask.contiguous();
   const int64_t batch = mask.size(0), seq_len = mask.size(1);
   TORCH_CHECK(batch * seq_len < INT32_MAX, "fusedbert::encoder (CUDA): batch * seq_len must be below 2^31; got ",
@@ -306,14 +314,23 @@ PackedBatch find_real_tokens(const at::Tensor& attention_mask) {
                            mask.scalar_type());
     }
   }
+  // B * S < 2^31 (checked above), so every row count fits the int32 offsets.
+  const int64_t row_limit = read_back || row_bound <= 0 ? batch * seq_len : std::min(row_bound, batch * seq_len);
   summarize_kernel<<<1, kSummaryThreads, 0, stream>>>(
-      seqlens.data_ptr<int32_t>(), invalid_ptr, batch, packed.cu_seqlens.data_ptr<int32_t>(),
-      reinterpret_cast<long long*>(summary.data_ptr<int64_t>()));
+      seqlens.data_ptr<int32_t>(), invalid_ptr, batch, static_cast<int32_t>(row_limit),
+      packed.cu_seqlens.data_ptr<int32_t>(), reinterpret_cast<long long*>(summary.data_ptr<int64_t>()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
+  packed.read_back = read_back;
+  if (!read_back) {
+    packed.packed_rows = row_limit;
+    packed.max_seqlen = seq_len;
+    packed.first_invalid = -1;
+    return packed;
+  }
   const at::Tensor host = summary.cpu();  // the call's one host synchronization
   const int64_t* values = host.data_ptr<int64_t>();
-  packed.total_tokens = values[0];
+  packed.packed_rows = values[0];
   packed.max_seqlen = values[1];
   packed.first_invalid = values[2] == LLONG_MAX ? -1 : values[2];
   return packed;
@@ -321,8 +338,10 @@ PackedBatch find_real_tokens(const at::Tensor& attention_mask) {
 
 at::Tensor gather_real_tokens(const at::Tensor& hidden, const PackedBatch& packed) {
   const int64_t positions = hidden.size(0), width = hidden.size(1);
-  at::Tensor out = at::empty({packed.total_tokens, width}, hidden.options());
-  if (packed.total_tokens == 0) return out;
+  // Unread sizes leave rows past T that the gather does not write; zeros keep them finite.
+  at::Tensor out = packed.read_back ? at::empty({packed.packed_rows, width}, hidden.options())
+                                    : at::zeros({packed.packed_rows, width}, hidden.options());
+  if (packed.packed_rows == 0) return out;
   const int64_t row_bytes = width * hidden.element_size();
   const int64_t seq_len = packed.rank_in_sequence.size(1);
   dispatch_copy_unit(copy_unit_bytes(row_bytes, hidden.data_ptr(), out.data_ptr()), [&](auto unit_tag) {
@@ -330,7 +349,7 @@ at::Tensor gather_real_tokens(const at::Tensor& hidden, const PackedBatch& packe
     const int64_t units = row_bytes / static_cast<int64_t>(sizeof(unit_t));
     gather_rows_kernel<unit_t><<<positions, copy_threads(units), 0, at::cuda::getCurrentCUDAStream()>>>(
         static_cast<const unit_t*>(hidden.data_ptr()), packed.rank_in_sequence.data_ptr<int32_t>(),
-        packed.cu_seqlens.data_ptr<int32_t>(), seq_len, units, static_cast<unit_t*>(out.data_ptr()));
+        packed.cu_seqlens.data_ptr<int32_t>(), seq_len, units, packed.packed_rows, static_cast<unit_t*>(out.data_ptr()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -347,7 +366,8 @@ at::Tensor scatter_real_tokens(const at::Tensor& rows, const PackedBatch& packed
     const int64_t units = row_bytes / static_cast<int64_t>(sizeof(unit_t));
     scatter_rows_kernel<unit_t><<<batch * seq_len, copy_threads(units), 0, at::cuda::getCurrentCUDAStream()>>>(
         static_cast<const unit_t*>(rows.data_ptr()), packed.rank_in_sequence.data_ptr<int32_t>(),
-        packed.cu_seqlens.data_ptr<int32_t>(), seq_len, units, rows_are_packed, static_cast<unit_t*>(out.data_ptr()));
+        packed.cu_seqlens.data_ptr<int32_t>(), seq_len, units, rows_are_packed, rows.size(0),
+        static_cast<unit_t*>(out.data_ptr()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

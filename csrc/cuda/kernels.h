@@ -9,21 +9,31 @@
 
 namespace fusedbert::cuda {
 
+// Whether the current stream is being captured into a CUDA graph, where host synchronization is an error.
+bool current_stream_is_capturing();
+
 // The real tokens of a padded batch, found on the device.
 struct PackedBatch {
   at::Tensor cu_seqlens;        // [B + 1] int32: sequence b owns packed rows [cu_seqlens[b], cu_seqlens[b + 1])
   at::Tensor rank_in_sequence;  // [B, S] int32: a real token's index among its sequence's real tokens; -1 at padding
-  int64_t total_tokens;         // T = cu_seqlens[B]
-  int64_t max_seqlen;           // longest sequence, in real tokens
-  int64_t first_invalid;        // flat position of the first mask value other than 0 or 1; -1 if none
+  // Rows of the packed buffer: T = cu_seqlens[B] when read back, else a bound (rows past T are zeros and no
+  // sequence's attention reads them).
+  int64_t packed_rows;
+  int64_t max_seqlen;     // longest sequence in real tokens when read back, else the bound S
+  int64_t first_invalid;  // flat position of the first mask value other than 0 or 1; -1 if none or not read back
+  bool read_back;
 };
 
-// Prefix sums over the mask, on the device. The call's one host synchronization happens here: it
-// copies T, the longest sequence and the first invalid mask position back in a single transfer.
+// Prefix sums over the mask, on the device. With read_back, the call's one host synchronization happens
+// here: T, the longest sequence and the first invalid mask position come back in a single transfer.
+// Without it (a stream being captured into a CUDA graph, where a synchronization is an error) nothing is
+// read and mask values are not checked: the buffer holds `row_bound` rows (B * S when 0) and the longest
+// sequence is taken as S. Real tokens past row_bound are dropped (sequence offsets are capped at it, their
+// outputs are zeros): the caller that sets a bound below B * S must keep T within it.
 // mask: [B, S] bool, uint8, int32 or int64.
-PackedBatch find_real_tokens(const at::Tensor& mask);
+PackedBatch find_real_tokens(const at::Tensor& mask, bool read_back, int64_t row_bound = 0);
 
-// hidden: [B * S, H] contiguous. Returns the real rows packed in order: [T, H].
+// hidden: [B * S, H] contiguous. Returns the real rows packed in order, then zero rows: [packed_rows, H].
 at::Tensor gather_real_tokens(const at::Tensor& hidden, const PackedBatch& packed);
 
 // Returns [B * S, H] with real rows taken from `rows` and zeros at padding. `rows` is [T, H] packed

@@ -1,0 +1,221 @@
+"""CUDA graphs for small batches: a model's whole forward captured once per (batch, seq_len) bucket and
+replayed, so a batch costs one graph launch instead of ~100 kernel launches from Python and C++.
+
+Small batches are bound by launching, not by the GPU: at one sequence of 128 tokens the encoder's kernels
+run in a fraction of the time the host takes to issue them. A graph removes the host from the loop.
+
+Inside a capture ``fusedbert::encoder`` cannot read the real-token count back from the GPU (a host
+synchronization is an error there), so it packs the real tokens into a fixed number of rows, the bucket's
+token capacity (``batch_size * seq_len`` unless the bucket names a smaller one), and runs every layer on
+all of them; the rows past the real tokens are zeros that no attention reads. A bucket of
+``[32, 128, 2560]`` thus serves 32 sequences of up to 128 tokens holding at most 2,560 real tokens, and its
+GEMMs cost 2,560 rows rather than 4,096. A batch that fits no bucket runs eagerly, padding-free.
+
+A batch is padded up to the smallest bucket that holds it (extra rows and positions have mask 0, so real
+tokens see exactly what they would see alone) and the outputs are cut back to the batch's shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from . import _ops  # noqa: F401  (loads the op library: set_gemm_autotuning lives there)
+
+logger = logging.getLogger(__name__)
+
+Forward = Callable[..., "torch.Tensor | tuple[torch.Tensor, ...]"]
+# Eager runs before a capture: the first sets up cuBLASLt plans (tuning the GEMMs) and flash attention;
+# TorchScript's profiling executor optimizes a traced module on a later call, which must not happen
+# inside the capture.
+WARMUP_RUNS = 3
+
+
+@contextlib.contextmanager
+def gemm_autotuning(enabled: bool = True) -> Iterator[None]:
+    """While inside, the CUDA encoder times cuBLASLt's candidate algorithms for each GEMM shape it meets
+    for the first time and keeps the fastest (off by default: see csrc/ops.cpp)."""
+    previous = torch.ops.fusedbert.set_gemm_autotuning(enabled)
+    try:
+        yield
+    finally:
+        torch.ops.fusedbert.set_gemm_autotuning(previous)
+
+
+@dataclass(frozen=True, order=True)
+class Bucket:
+    batch_size: int
+    seq_len: int
+    max_tokens: int | None = None  # real tokens the graph holds; None: batch_size * seq_len
+
+    @property
+    def token_capacity(self) -> int:
+        return self.max_tokens or self.batch_size * self.seq_len
+
+    def holds(self, batch_size: int, seq_len: int, real_tokens: int) -> bool:
+        return batch_size <= self.batch_size and seq_len <= self.seq_len and real_tokens <= self.token_capacity
+
+
+def parse_buckets(spec: Sequence[Sequence[int]]) -> list[Bucket]:
+    """``[[batch_size, seq_len], [batch_size, seq_len, max_tokens], ...]`` -> sorted, distinct buckets; a
+    clear error for anything else."""
+    buckets = set()
+    for entry in spec:
+        if (not isinstance(entry, (list, tuple)) or len(entry) not in (2, 3)
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in entry)):
+            raise ValueError("a CUDA graph bucket is [batch_size, seq_len] or [batch_size, seq_len, max_tokens] "
+                             f"with positive integers; got {entry!r}")
+        bucket = Bucket(*entry)
+        if bucket.max_tokens is not None and bucket.max_tokens > bucket.batch_size * bucket.seq_len:
+            raise ValueError(f"a CUDA graph bucket's max_tokens cannot exceed batch_size * seq_len; got {entry!r}")
+        buckets.add(bucket)
+    return sorted(buckets, key=lambda b: (b.batch_size, b.seq_len, b.token_capacity))
+
+
+@dataclass
+class CaptureReport:
+    bucket: Bucket
+    seconds: float
+    pool_bytes: int  # growth of the memory reserved by the caching allocator during this capture
+
+
+class _Graph:
+    def __init__(self, bucket: Bucket, num_inputs: int, device: torch.device):
+        self.bucket = bucket
+        shape = (num_inputs, bucket.batch_size, bucket.seq_len)
+        self.staged = torch.zeros(shape, dtype=torch.long, device=device)  # the inputs the replay reads
+        self.host = torch.zeros(shape, dtype=torch.long, pin_memory=True)  # CPU inputs go up in one copy
+        self.uploaded = torch.cuda.Event()  # the last upload has finished reading `host`
+        self.outputs: tuple[torch.Tensor, ...] = ()
+        self.graph = torch.cuda.CUDAGraph()
+
+    def stage(self, inputs: Sequence[torch.Tensor]) -> None:
+        """Writes the batch into the static inputs, zero-padded to the bucket (mask 0 = padding)."""
+        batch_size, seq_len = inputs[0].shape
+        if all(t.device.type == "cpu" for t in inputs):
+            self.uploaded.synchronize()
+            self.host.zero_()
+            for row, given in zip(self.host, inputs):
+                row[:batch_size, :seq_len] = given
+            self.staged.copy_(self.host, non_blocking=True)
+            self.uploaded.record()
+        else:
+            self.staged.zero_()
+            for row, given in zip(self.staged, inputs):
+                row[:batch_size, :seq_len] = given
+
+
+class CudaGraphRunner:
+    """Runs ``forward(input_ids, attention_mask[, token_type_ids])`` from CUDA graphs where a bucket holds
+    the batch, eagerly otherwise.
+
+    ``forward`` returns a tensor or a tuple of tensors whose dimension 0 is the batch and, with
+    ``token_level``, dimension 1 the sequence (question answering, token classification, last hidden
+    states). Inputs are integer tensors ``[batch, seq_len]``, on the CPU or the GPU; the mask holds 0 and 1.
+    Returned tensors are the caller's own (copied out of the graph's buffers).
+
+    Not thread-safe: a replay writes the graph's static buffers; use one runner per thread.
+    """
+
+    def __init__(self, forward: Forward, buckets: Sequence[Bucket], device: torch.device | str, *,
+                 token_level: bool, num_inputs: int = 3, autotune_gemms: bool = True):
+        if num_inputs not in (2, 3):
+            raise ValueError(f"num_inputs is 2 (input_ids, attention_mask) or 3 (+ token_type_ids); got {num_inputs}")
+        self.device = torch.device(device)
+        if self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device; got {self.device}")
+        self.forward = forward
+        self.buckets = sorted(buckets)
+        self.token_level = token_level
+        self.num_inputs = num_inputs
+        self.autotune_gemms = autotune_gemms
+        self._graphs: dict[Bucket, _Graph] = {}
+        self._pool = torch.cuda.graph_pool_handle()
+        self.reports: list[CaptureReport] = []
+
+    def bucket_for(self, batch_size: int, seq_len: int, real_tokens: int) -> Bucket | None:
+        """The bucket with the fewest token rows (then positions) that holds the batch, or None."""
+        fitting = [b for b in self.buckets if b.holds(batch_size, seq_len, real_tokens)]
+        return min(fitting, key=_cost) if fitting else None
+
+    def capture_all(self) -> list[CaptureReport]:
+        """Captures every bucket now, largest first, so the smaller graphs reuse the memory pool of the
+        larger ones; returns what each cost. Without this, a bucket is captured on its first batch."""
+        for bucket in sorted(self.buckets, key=_cost, reverse=True):
+            self._graph(bucket)
+        return self.reports
+
+    @property
+    def pool_bytes(self) -> int:
+        return sum(report.pool_bytes for report in self.reports)
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if len(inputs) != self.num_inputs:
+            raise ValueError(f"expected {self.num_inputs} input tensors; got {len(inputs)}")
+        batch_size, seq_len = inputs[0].shape
+        mask = inputs[1]
+        # The eager op checks mask values itself; inside a graph it cannot (one host check here instead,
+        # free for inputs on the CPU, one synchronization for inputs on the GPU).
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("attention_mask values must be 0 or 1")
+        bucket = self.bucket_for(batch_size, seq_len, int(mask.sum()))
+        if bucket is None:
+            return _as_tuple(self.forward(*(t.to(self.device) for t in inputs)))
+        graph = self._graph(bucket)
+        graph.stage(inputs)
+        graph.graph.replay()
+        return tuple(self._cut(out, batch_size, seq_len).clone() for out in graph.outputs)
+
+    def _cut(self, out: torch.Tensor, batch_size: int, seq_len: int) -> torch.Tensor:
+        return out[:batch_size, :seq_len] if self.token_level else out[:batch_size]
+
+    def _graph(self, bucket: Bucket) -> _Graph:
+        graph = self._graphs.get(bucket)
+        if graph is not None:
+            return graph
+        graph = _Graph(bucket, self.num_inputs, self.device)
+        inputs = list(graph.staged.unbind(0))
+        # Warm up with exactly token_capacity real tokens: the GEMM shapes the capture will use.
+        inputs[1].view(-1)[:bucket.token_capacity] = 1
+        start = time.perf_counter()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side), torch.inference_mode(), gemm_autotuning(self.autotune_gemms):
+            for _ in range(WARMUP_RUNS):
+                self.forward(*inputs)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()  # as torch.cuda.graph does on entry: from here on, growth is the graph's pool
+        reserved = torch.cuda.memory_reserved(self.device)
+        with torch.inference_mode(), _capture_token_capacity(bucket.token_capacity), \
+                torch.cuda.graph(graph.graph, pool=self._pool):
+            graph.outputs = _as_tuple(self.forward(*inputs))
+        torch.cuda.synchronize(self.device)
+        report = CaptureReport(bucket, time.perf_counter() - start, torch.cuda.memory_reserved(self.device) - reserved)
+        self.reports.append(report)
+        self._graphs[bucket] = graph
+        logger.info("captured a CUDA graph for batch %d x seq_len %d (%d token rows) in %.2f s (+%.1f MiB reserved)",
+                    bucket.batch_size, bucket.seq_len, bucket.token_capacity, report.seconds, report.pool_bytes / 2**20)
+        return graph
+
+
+def _cost(bucket: Bucket) -> tuple[int, int, int]:
+    return bucket.token_capacity, bucket.batch_size * bucket.seq_len, bucket.batch_size
+
+
+@contextlib.contextmanager
+def _capture_token_capacity(rows: int) -> Iterator[None]:
+    previous = torch.ops.fusedbert.set_capture_token_capacity(rows)
+    try:
+        yield
+    finally:
+        torch.ops.fusedbert.set_capture_token_capacity(previous)
+
+
+def _as_tuple(outputs) -> tuple[torch.Tensor, ...]:
+    return outputs if isinstance(outputs, tuple) else (outputs,)

@@ -1,0 +1,213 @@
+"""CUDA graph replay (fusedbert/cuda_graphs.py): bucket choice and parsing everywhere; on a GPU, replayed
+outputs against the eager model on awkward batches, eager fallback, mask checks, memory reuse, a traced
+model captured, and GEMM autotuning leaving results unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fusedbert
+from fusedbert.cuda_graphs import Bucket, CudaGraphRunner, gemm_autotuning, parse_buckets
+from fusedbert.tasks import TracedTaskModule, load_model
+from parity_support import max_diff_at_real_tokens, random_batch
+
+DEVICE = "cuda"
+# Graph and eager runs differ only in the GEMMs' row count (the bucket's B * S rows against the real
+# tokens), so cuBLASLt may pick another algorithm: float32 (TF32 off) then agrees to rounding, float16 to
+# a few of its steps at MiniLM's |x| <= ~6.
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-2}
+
+
+def test_parse_buckets_sorts_and_dedupes():
+    assert parse_buckets([[8, 128], [1, 16], [1, 16], [8, 128, 512]]) == [Bucket(1, 16), Bucket(8, 128, 512),
+                                                                          Bucket(8, 128)]
+    assert Bucket(8, 128).token_capacity == 1024 and Bucket(8, 128, 512).token_capacity == 512
+
+
+@pytest.mark.parametrize("bad", [[[1]], [[0, 16]], [[1, -2]], [["1", 16]], [[1.5, 16]], [[True, 16]], [3],
+                                 [[1, 16, 0]], [[1, 16, 8, 8]]])
+def test_parse_buckets_refuses_malformed_entries(bad):
+    with pytest.raises(ValueError, match=r"\[batch_size, seq_len\] or \[batch_size, seq_len, max_tokens\]"):
+        parse_buckets(bad)
+
+
+def test_parse_buckets_refuses_more_tokens_than_positions():
+    with pytest.raises(ValueError, match="cannot exceed batch_size \\* seq_len"):
+        parse_buckets([[2, 16, 33]])
+
+
+def test_bucket_choice_takes_the_fewest_token_rows_that_hold_the_batch():
+    runner = CudaGraphRunner.__new__(CudaGraphRunner)  # bucket choice needs no GPU
+    runner.buckets = parse_buckets([[1, 128], [4, 32], [8, 128], [2, 64], [32, 128, 1024]])
+    assert runner.bucket_for(1, 20, 20) == Bucket(1, 128)  # 128 rows; ties with (4, 32), (2, 64) go to fewer sequences
+    assert runner.bucket_for(3, 30, 60) == Bucket(4, 32)
+    assert runner.bucket_for(2, 33, 40) == Bucket(2, 64)
+    assert runner.bucket_for(5, 10, 50) == Bucket(8, 128)
+    assert runner.bucket_for(9, 100, 900) == Bucket(32, 128, 1024)
+    assert runner.bucket_for(9, 100, 1025) is None  # more real tokens than any capacity
+    assert runner.bucket_for(33, 10, 40) is None
+    assert runner.bucket_for(1, 129, 129) is None
+
+
+def test_runner_refuses_a_cpu_device():
+    with pytest.raises(ValueError, match="CUDA device"):
+        CudaGraphRunner(lambda *a: a, [Bucket(1, 8)], "cpu", token_level=True)
+
+
+VOCAB = 30522  # all-MiniLM-L6-v2's (bert-base-uncased's) vocabulary
+
+
+def fused_task(minilm_path, dtype, mode="feature_extraction"):
+    # Loaded in float32 (the GPU machine's copy of the checkpoint is float16), then cast.
+    model = load_model(mode, str(minilm_path), device=DEVICE).to(dtype)
+    return TracedTaskModule(fusedbert.fuse(model), mode)
+
+
+def last_hidden(task):
+    return lambda ids, mask, types: task.model(input_ids=ids, attention_mask=mask,
+                                               token_type_ids=types).last_hidden_state
+
+
+def as_inputs(batch, device="cpu"):
+    return [batch["input_ids"].to(device), batch["attention_mask"].to(device),
+            torch.zeros_like(batch["input_ids"]).to(device)]
+
+
+# Awkward batches, each smaller than its bucket in batch size and/or length.
+GRAPH_BATCHES = {"one_token": [1], "equal": [16, 16, 16], "one_long_many_short": [32, 1, 2, 3, 1, 2],
+                 "bucket_exact": [64] * 4, "token_capacity_exact": [64, 64, 64, 60, 1, 1, 1, 1]}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", TOLERANCE, ids=str)
+@pytest.mark.parametrize("lengths", GRAPH_BATCHES.values(), ids=GRAPH_BATCHES.keys())
+def test_replay_matches_eager_at_real_tokens(minilm_path, lengths, dtype):
+    task = fused_task(minilm_path, dtype)
+    runner = CudaGraphRunner(last_hidden(task), parse_buckets([[1, 16], [4, 64], [8, 64, 256]]), DEVICE,
+                             token_level=True)
+    batch = random_batch(VOCAB, lengths)
+    got = runner(*as_inputs(batch))[0]
+    with torch.no_grad():
+        expected = last_hidden(task)(*as_inputs(batch, DEVICE))
+    assert got.shape == expected.shape
+    mask = batch["attention_mask"].to(DEVICE)
+    assert max_diff_at_real_tokens(got, expected, mask) <= TOLERANCE[dtype]
+    assert len(runner.reports) == 1  # only the bucket used was captured
+
+
+@pytest.mark.cuda
+def test_replays_reuse_one_graph_and_return_independent_tensors(minilm_path):
+    task = fused_task(minilm_path, torch.float16, mode="sequence_classification")
+    runner = CudaGraphRunner(task, [Bucket(4, 32)], DEVICE, token_level=False)
+    first_batch = random_batch(VOCAB, [5, 9], seed=1)
+    second_batch = random_batch(VOCAB, [30, 2, 7], seed=2)
+    first = runner(*as_inputs(first_batch))[0]
+    first_copy = first.clone()
+    second = runner(*as_inputs(second_batch))[0]
+    assert len(runner.reports) == 1
+    assert first.shape[0] == 2 and second.shape[0] == 3
+    assert torch.equal(first, first_copy)  # the second replay did not overwrite what the first returned
+    with torch.no_grad():
+        expected = task(*as_inputs(second_batch, DEVICE))[0]
+    assert (second - expected).abs().max().item() <= TOLERANCE[torch.float16]
+
+
+@pytest.mark.cuda
+def test_batch_fitting_no_bucket_runs_eagerly(minilm_path):
+    task = fused_task(minilm_path, torch.float32)
+    runner = CudaGraphRunner(last_hidden(task), [Bucket(1, 16)], DEVICE, token_level=True)
+    batch = random_batch(VOCAB, [40, 3])
+    got = runner(*as_inputs(batch))[0]
+    with torch.no_grad():
+        expected = last_hidden(task)(*as_inputs(batch, DEVICE))
+    assert torch.equal(got, expected)
+    assert runner.reports == []
+
+
+@pytest.mark.cuda
+def test_batch_over_a_token_capacity_takes_a_larger_bucket(minilm_path):
+    task = fused_task(minilm_path, torch.float32)
+    runner = CudaGraphRunner(last_hidden(task), parse_buckets([[4, 32, 40], [4, 32]]), DEVICE, token_level=True)
+    small = random_batch(VOCAB, [30, 5, 5])  # 40 real tokens: the 40-row graph
+    large = random_batch(VOCAB, [30, 5, 6])  # 41: the 128-row graph
+    for batch in (small, large):
+        got = runner(*as_inputs(batch))[0]
+        with torch.no_grad():
+            expected = last_hidden(task)(*as_inputs(batch, DEVICE))
+        assert max_diff_at_real_tokens(got, expected, batch["attention_mask"].to(DEVICE)) <= TOLERANCE[torch.float32]
+    assert [r.bucket for r in runner.reports] == [Bucket(4, 32, 40), Bucket(4, 32)]
+
+
+@pytest.mark.cuda
+def test_op_never_writes_past_a_capture_token_capacity():
+    # Misuse the raw switch: a capture whose capacity is below the real tokens. The tokens past it come back
+    # as zeros and attention stops at the capacity (sequence offsets are capped), so nothing reads or
+    # writes past the packed buffer.
+    from parity_support import random_op_inputs
+
+    hidden, mask, weights = random_op_inputs(lengths=(6, 6), device=DEVICE)
+    graph = torch.cuda.CUDAGraph()
+    torch.ops.fusedbert.encoder(hidden, mask, weights, 4, 1e-12, "gelu", True)  # warm-up outside the capture
+    previous = torch.ops.fusedbert.set_capture_token_capacity(8)
+    try:
+        with torch.cuda.graph(graph):
+            out = torch.ops.fusedbert.encoder(hidden, mask, weights, 4, 1e-12, "gelu", True)
+    finally:
+        torch.ops.fusedbert.set_capture_token_capacity(previous)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.count_nonzero(out[1, 2:]) == 0  # the second sequence's tokens 2..5 would be packed rows 8..11
+    assert torch.count_nonzero(out[0]) > 0
+
+
+@pytest.mark.cuda
+def test_mask_values_are_checked_before_a_replay(minilm_path):
+    runner = CudaGraphRunner(last_hidden(fused_task(minilm_path, torch.float16)), [Bucket(2, 16)], DEVICE, token_level=True)
+    batch = random_batch(VOCAB, [4, 6])
+    inputs = as_inputs(batch)
+    inputs[1] = inputs[1] * 2
+    with pytest.raises(ValueError, match="0 or 1"):
+        runner(*inputs)
+
+
+@pytest.mark.cuda
+def test_capture_all_reports_each_bucket_and_smaller_graphs_reuse_the_pool(minilm_path):
+    runner = CudaGraphRunner(last_hidden(fused_task(minilm_path, torch.float16)),
+                             parse_buckets([[1, 16], [1, 64], [8, 128]]), DEVICE, token_level=True)
+    reports = runner.capture_all()
+    assert [r.bucket for r in reports] == [Bucket(8, 128), Bucket(1, 64), Bucket(1, 16)]
+    assert runner.pool_bytes == sum(r.pool_bytes for r in reports)
+    largest, *smaller = reports
+    assert largest.pool_bytes > 0
+    assert sum(r.pool_bytes for r in smaller) <= largest.pool_bytes
+
+
+@pytest.mark.cuda
+def test_traced_task_module_is_captured(minilm_path, minilm_tokenizer):
+    task = fused_task(minilm_path, torch.float16, mode="question_answering")
+    example = minilm_tokenizer(["a question", "and a context that is longer"], padding=True, return_tensors="pt")
+    inputs = as_inputs(example, DEVICE)
+    with torch.no_grad():
+        traced = torch.jit.trace(task, tuple(inputs))
+    runner = CudaGraphRunner(traced, [Bucket(2, 32)], DEVICE, token_level=True)
+    start, end = runner(*as_inputs(example))
+    with torch.no_grad():
+        expected_start, expected_end = task(*inputs)
+    mask = inputs[1]
+    assert start.shape == expected_start.shape
+    assert max_diff_at_real_tokens(start.unsqueeze(-1), expected_start.unsqueeze(-1), mask) <= TOLERANCE[torch.float16]
+    assert max_diff_at_real_tokens(end.unsqueeze(-1), expected_end.unsqueeze(-1), mask) <= TOLERANCE[torch.float16]
+
+
+@pytest.mark.cuda
+def test_gemm_autotuning_keeps_results_and_restores_the_switch(minilm_path):
+    task = fused_task(minilm_path, torch.float32)
+    batch = as_inputs(random_batch(VOCAB, [7, 3, 11]), DEVICE)
+    with torch.no_grad():
+        plain = last_hidden(task)(*batch)
+        with gemm_autotuning():
+            assert torch.ops.fusedbert.set_gemm_autotuning(True) is True
+            tuned = last_hidden(task)(*batch)
+    assert torch.ops.fusedbert.set_gemm_autotuning(False) is False
+    assert max_diff_at_real_tokens(tuned, plain, batch[1]) <= TOLERANCE[torch.float32]
