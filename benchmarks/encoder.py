@@ -31,7 +31,7 @@ import transformers
 import fusedbert  # noqa: F401  (registers the op)
 
 from .measure import EncoderShape, GemmFloor, Summary, gemm_peak, time_interleaved
-from .systems import SYSTEMS, build_systems, hf_forward, hf_model, packed_layers, takes_fastpath
+from .systems import OWN_SYSTEMS, SYSTEMS, build_systems, hf_forward, hf_model, packed_layers, takes_fastpath
 from .workloads import MODEL_SHAPES, SEED, WORKLOADS, Batch, load_model, make_batch
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -159,6 +159,10 @@ def run_cell(systems: dict, floor_fn, batch: Batch, expected: torch.Tensor, tole
             systems[name](batch)
             torch.cuda.synchronize(device)
             results[name]["peak_extra_mem_mb"] = (torch.cuda.max_memory_allocated(device) - resident) / 2**20
+            runner = getattr(systems[name], "runner", None)
+            if runner is not None:  # a graph holds its memory between replays: report it beside the peak
+                bucket = runner.bucket_for(*batch.input_ids.shape, batch.real_tokens)
+                results[name]["graph_pool_mb"] = sum(r.pool_bytes for r in runner.reports if r.bucket == bucket) / 2**20
     return results, failures
 
 
@@ -168,7 +172,8 @@ def cell_records(results: dict, *, common: dict, batch: Batch, shape: EncoderSha
     records = []
     for name, result in results.items():
         summary = result["summary"]
-        others = {other: r["summary"].median_s for other, r in results.items() if other != name}
+        # Peers are the other projects' systems: fusedbert's variants are not each other's peers.
+        others = {other: r["summary"].median_s for other, r in results.items() if other not in OWN_SYSTEMS}
         best_peer = min(others, key=others.get, default=None)
         achieved = useful_flops / summary.median_s / 1e12
         record = {
@@ -190,7 +195,7 @@ def cell_records(results: dict, *, common: dict, batch: Batch, shape: EncoderSha
             "peak_share": achieved / peak_tflops,
             "first_call_s": result["first_call_s"],
         }
-        for optional in ("fastpath", "peak_extra_mem_mb"):
+        for optional in ("fastpath", "peak_extra_mem_mb", "graph_pool_mb"):
             if optional in result:
                 record[optional] = result[optional]
         records.append(record)
@@ -215,7 +220,7 @@ def add_speedup_over_fp32(records: list[dict]) -> None:
 
 
 def print_table(records: list[dict], floors: list[dict]) -> None:
-    columns = "model      dtype workload   system      median_ms    p90_ms   min..max_ms        tok/s  x_best  floor  peak  max_diff"
+    columns = "model      dtype workload   system            median_ms    p90_ms   min..max_ms        tok/s  x_best  floor  peak  max_diff"
     print("\n" + columns)
     floor_by_cell = {(f["model"], f["dtype"], f["workload"]): f for f in floors}
     cells = sorted({(r["model"], r["dtype"], r["workload"]) for r in records}, key=lambda c: (c[0], c[1], c[2]))
@@ -223,26 +228,26 @@ def print_table(records: list[dict], floors: list[dict]) -> None:
         rows = sorted((r for r in records if (r["model"], r["dtype"], r["workload"]) == cell), key=lambda r: r["median_ms"])
         for r in rows:
             flag = "" if r["within_tolerance"] else " !"
-            print(f"{r['model']:<10} {r['dtype']:<5} {r['workload']:<10} {r['system']:<10} {r['median_ms']:>10.3f} "
+            print(f"{r['model']:<10} {r['dtype']:<5} {r['workload']:<10} {r['system']:<16} {r['median_ms']:>10.3f} "
                   f"{r['p90_ms']:>9.3f} {r['min_ms']:>8.2f}..{r['max_ms']:<8.2f} {r['tokens_per_s']:>11,.0f} "
                   f"{r['ratio_to_best_peer'] or float('nan'):>6.2f}x {r['floor_share']:>5.0%} {r['peak_share']:>5.0%} {r['max_abs_diff']:>9.2e}{flag}")
         floor = floor_by_cell.get(cell)
         if floor:
-            print(f"{cell[0]:<10} {cell[1]:<5} {cell[2]:<10} {'(gemm floor)':<10} {floor['median_ms']:>10.3f} "
+            print(f"{cell[0]:<10} {cell[1]:<5} {cell[2]:<10} {'(gemm floor)':<16} {floor['median_ms']:>10.3f} "
                   f"{floor['p90_ms']:>9.3f} {'':>18} {floor['tokens_per_s']:>11,.0f} {'':>7} {'':>5} {floor['peak_share']:>5.0%}")
         print()
 
 
 def print_targets(records: list[dict]) -> None:
     """Issue 3's CPU targets, read off the records."""
-    fused = [r for r in records if r["system"] == "fusedbert"]
+    fused = [r for r in records if r["system"] in OWN_SYSTEMS]
     print("targets: fusedbert fp32 >= 1.1x best peer on var-length batches; >= 85% of the GEMM-only floor; "
           "bf16 >= 2x fp32 on bert-base")
     for r in fused:
         parts = [f"{r['ratio_to_best_peer']:.2f}x best peer ({r['best_peer']})", f"{r['floor_share']:.0%} of floor"]
         if "speedup_over_fp32" in r:
             parts.append(f"{r['speedup_over_fp32']:.2f}x fp32")
-        print(f"  {r['model']} {r['dtype']} {r['workload']}: " + ", ".join(parts))
+        print(f"  {r['system']} {r['model']} {r['dtype']} {r['workload']}: " + ", ".join(parts))
 
 
 def main() -> int:
