@@ -220,7 +220,7 @@ def add_speedup_over_fp32(records: list[dict]) -> None:
 
 
 def print_table(records: list[dict], floors: list[dict]) -> None:
-    columns = "model      dtype workload   system            median_ms    p90_ms   min..max_ms        tok/s  x_best  floor  peak  max_diff"
+    columns = "model      dtype workload   system                 median_ms    p90_ms   min..max_ms        tok/s  x_best  floor  peak  max_diff"
     print("\n" + columns)
     floor_by_cell = {(f["model"], f["dtype"], f["workload"]): f for f in floors}
     cells = sorted({(r["model"], r["dtype"], r["workload"]) for r in records}, key=lambda c: (c[0], c[1], c[2]))
@@ -228,12 +228,12 @@ def print_table(records: list[dict], floors: list[dict]) -> None:
         rows = sorted((r for r in records if (r["model"], r["dtype"], r["workload"]) == cell), key=lambda r: r["median_ms"])
         for r in rows:
             flag = "" if r["within_tolerance"] else " !"
-            print(f"{r['model']:<10} {r['dtype']:<5} {r['workload']:<10} {r['system']:<16} {r['median_ms']:>10.3f} "
+            print(f"{r['model']:<10} {r['dtype']:<5} {r['workload']:<10} {r['system']:<21} {r['median_ms']:>10.3f} "
                   f"{r['p90_ms']:>9.3f} {r['min_ms']:>8.2f}..{r['max_ms']:<8.2f} {r['tokens_per_s']:>11,.0f} "
                   f"{r['ratio_to_best_peer'] or float('nan'):>6.2f}x {r['floor_share']:>5.0%} {r['peak_share']:>5.0%} {r['max_abs_diff']:>9.2e}{flag}")
         floor = floor_by_cell.get(cell)
         if floor:
-            print(f"{cell[0]:<10} {cell[1]:<5} {cell[2]:<10} {'(gemm floor)':<16} {floor['median_ms']:>10.3f} "
+            print(f"{cell[0]:<10} {cell[1]:<5} {cell[2]:<10} {'(gemm floor)':<21} {floor['median_ms']:>10.3f} "
                   f"{floor['p90_ms']:>9.3f} {'':>18} {floor['tokens_per_s']:>11,.0f} {'':>7} {'':>5} {floor['peak_share']:>5.0%}")
         print()
 

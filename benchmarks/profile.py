@@ -32,10 +32,11 @@ from .encoder import DTYPES, device_name, slug
 from .systems import GraphedFusedEncoder, hf_forward, hf_model
 from .workloads import WORKLOADS, load_model, make_batch
 
-# Kernel name -> family, first match wins. cuBLASLt's Hopper kernels are named sm90_xmma*/nvjet*/cutlass*.
+# Kernel name -> family, first match wins: attention first, as flash attention's kernel names carry cutlass
+# types. cuBLASLt's Hopper kernels are named sm90_xmma*/nvjet*/cutlass*.
 FAMILIES = (
-    ("gemm", re.compile(r"gemm|nvjet|xmma|cutlass|cublas", re.I)),
     ("attention", re.compile(r"flash|fmha|attention", re.I)),
+    ("gemm", re.compile(r"gemm|nvjet|xmma|cutlass|cublas", re.I)),
     ("layernorm", re.compile(r"layernorm", re.I)),
     ("bias_activation", re.compile(r"bias_activation", re.I)),
     ("padding", re.compile(r"rank_real|summarize|gather_rows|scatter_rows", re.I)),

@@ -13,10 +13,11 @@ from fusedbert.tasks import TracedTaskModule, load_model
 from parity_support import max_diff_at_real_tokens, random_batch
 
 DEVICE = "cuda"
-# Graph and eager runs differ only in the GEMMs' row count (the bucket's B * S rows against the real
-# tokens), so cuBLASLt may pick another algorithm: float32 (TF32 off) then agrees to rounding, float16 to
-# a few of its steps at MiniLM's |x| <= ~6.
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-2}
+# Graph and eager runs differ in the GEMMs' row count (the bucket's token capacity against the real tokens)
+# and in the algorithms (tuned during the graph's warm-up, the heuristic's first choice eagerly), so the
+# sums are ordered differently: float32 (TF32 off) is held to the project's float32 bar against Hugging
+# Face (tests/test_cuda.py), float16 to a few of its steps at MiniLM's |x| <= ~6.
+TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2}
 
 
 def test_parse_buckets_sorts_and_dedupes():
@@ -135,7 +136,8 @@ def test_batch_over_a_token_capacity_takes_a_larger_bucket(minilm_path):
         got = runner(*as_inputs(batch))[0]
         with torch.no_grad():
             expected = last_hidden(task)(*as_inputs(batch, DEVICE))
-        assert max_diff_at_real_tokens(got, expected, batch["attention_mask"].to(DEVICE)) <= TOLERANCE[torch.float32]
+        diff = max_diff_at_real_tokens(got, expected, batch["attention_mask"].to(DEVICE))
+        assert diff <= TOLERANCE[torch.float32], f"{int(batch['attention_mask'].sum())} tokens: max diff {diff:.3g}"
     assert [r.bucket for r in runner.reports] == [Bucket(4, 32, 40), Bucket(4, 32)]
 
 
