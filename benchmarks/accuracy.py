@@ -51,9 +51,7 @@ from .texts import load_qa_pairs, load_sentences
 CHECKPOINT = "sentence-transformers/all-MiniLM-L6-v2"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEVICE_DTYPES = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16", "bf16")}
-SYSTEMS = ("hf", "fused", "fused_tanh_gelu")
-# fused_tanh_gelu: fuse(approximate_gelu=True), meant for low precision only (see fusedbert.fuse).
-LOW_PRECISION_ONLY = ("fused_tanh_gelu",)
+SYSTEMS = ("hf", "fused")
 NUM_LABELS = 2
 MAX_LENGTH = 128
 SHUFFLE_SEED = 0
@@ -140,12 +138,12 @@ def load_task_models() -> dict[str, torch.nn.Module]:
 
 
 def system_models(reference_models: dict, device: str, dtype: torch.dtype,
-                  system: str) -> Iterator[tuple[str, torch.nn.Module]]:
-    """Copies of the reference models in ``dtype`` on ``device``, fused as ``system`` says, one after another."""
+                  fused: bool) -> Iterator[tuple[str, torch.nn.Module]]:
+    """Copies of the reference models in ``dtype`` on ``device``, fused when asked, one after another."""
     for mode, reference_model in reference_models.items():
         model = copy.deepcopy(reference_model).to(device=device, dtype=dtype)
-        if system != "hf":
-            fusedbert.fuse(model, approximate_gelu=system == "fused_tanh_gelu")
+        if fused:
+            fusedbert.fuse(model)
         yield mode, model
 
 
@@ -202,8 +200,7 @@ def markdown_table(header: dict, rows: list[Row]) -> str:
         "",
         "Every row is compared with Hugging Face fp32 on the CPU. `hf` is plain Hugging Face in that dtype on "
         "that device (what the dtype costs); `fused` is `fusedbert.fuse()` of the same model (what fusion adds "
-        "on top); `fused_tanh_gelu` is `fuse(approximate_gelu=True)` (GELU as FasterTransformer computes it, in the "
-        "FFN GEMM's epilogue on CUDA), fp16/bf16 only. Hidden-state differences are over real tokens only. An untrained head's logits are nearly tied, "
+        "on top). Hidden-state differences are over real tokens only. An untrained head's logits are nearly tied, "
         "so argmax flips are likely wherever any rounding moves the logits; *largest margin flipped* is the "
         "reference's top-2 logit gap for the most decided sentence whose class changed.",
         "",
@@ -239,9 +236,7 @@ def main(argv=None) -> int:
         rows = []
         for dtype_name in DEVICE_DTYPES[device]:
             for system in SYSTEMS:
-                if system in LOW_PRECISION_ONLY and dtype_name == "fp32":
-                    continue
-                models = system_models(reference_models, device, DTYPES[dtype_name], system)
+                models = system_models(reference_models, device, DTYPES[dtype_name], fused=system == "fused")
                 rows.append(compare(device, dtype_name, system, run_system(models, device, texts, qa), reference))
         header = {
             "device": device, "device_name": device_name(torch.device(device)),

@@ -23,20 +23,17 @@ from fusedbert.encoder import SLOT_NAMES
 
 from .workloads import Batch
 
-SYSTEMS = ("fusedbert", "fusedbert_graphs", "fusedbert_graphs_tanh", "hf_eager", "hf_sdpa", "nested", "compile", "ort")
+SYSTEMS = ("fusedbert", "fusedbert_graphs", "hf_eager", "hf_sdpa", "nested", "compile", "ort")
 # fusedbert's own variants: the ratio to the best peer compares each with the systems not listed here.
-# fusedbert_graphs_tanh: fuse(approximate_gelu=True), GELU in the FFN GEMM's epilogue (fp16/bf16 only).
-OWN_SYSTEMS = ("fusedbert", "fusedbert_graphs", "fusedbert_graphs_tanh")
+OWN_SYSTEMS = ("fusedbert", "fusedbert_graphs")
 
 EncoderFn = Callable[[Batch], torch.Tensor]
 
 
 def unsupported_reason(system: str, device: torch.device, dtype: torch.dtype) -> str | None:
     """Why ``system`` is not run on this device and dtype, or None when it is."""
-    if system.startswith("fusedbert_graphs") and device.type != "cuda":
+    if system == "fusedbert_graphs" and device.type != "cuda":
         return "CUDA graphs need a GPU"
-    if system == "fusedbert_graphs_tanh" and dtype == torch.float32:
-        return "the tanh GELU is for fp16/bf16 (its error is above the fp32 bar)"
     if system == "ort" and device.type != "cpu":
         return "ONNX Runtime is benchmarked on CPU only (CPUExecutionProvider)"
     if system == "ort" and dtype != torch.float32:
@@ -208,9 +205,8 @@ def build_systems(names: list[str], reference: BertModel, dtype: torch.dtype, de
             systems[name] = OrtEncoder(reference, ort_example)
         elif name == "fusedbert":
             systems[name] = hf_forward(fusedbert.fuse(hf_model(reference, dtype, "sdpa")))
-        elif name in ("fusedbert_graphs", "fusedbert_graphs_tanh"):
-            fused = fusedbert.fuse(hf_model(reference, dtype, "sdpa"), approximate_gelu=name.endswith("_tanh"))
-            systems[name] = GraphedFusedEncoder(fused, device)
+        elif name == "fusedbert_graphs":
+            systems[name] = GraphedFusedEncoder(fusedbert.fuse(hf_model(reference, dtype, "sdpa")), device)
         else:
             raise ValueError(f"unknown system {name!r}; expected one of {', '.join(SYSTEMS)}")
     return systems, skipped

@@ -89,20 +89,13 @@ def _reject_unsupported_outputs(module, args, kwargs):
         raise NotImplementedError("fusedbert: head_mask is not supported")
 
 
-def fuse(model: PreTrainedModel, *, remove_padding: bool = True, approximate_gelu: bool = False) -> PreTrainedModel:
+def fuse(model: PreTrainedModel, *, remove_padding: bool = True) -> PreTrainedModel:
     """Replace ``model``'s encoder with FusedBertEncoder, in place, and return ``model``.
 
     Works on base models and on their sequence-classification, question-answering and
     token-classification heads for BERT (MiniLM too), RoBERTa, XLM-R, CamemBERT, ELECTRA and DistilBERT.
     The model is then called exactly as before and returns Hugging Face's outputs; with
     ``remove_padding`` the encoder runs on real tokens only.
-
-    ``approximate_gelu`` computes an exact-GELU model's activation with the tanh approximation, as
-    FasterTransformer's BERT does: on CUDA it then runs inside the FFN's first GEMM (cuBLASLt's GELU
-    epilogue) instead of a pass of its own over the [tokens, intermediate] activations. The two GELUs
-    differ by at most 4.7e-4 per activation (absolute, near x = -2.7): more than the float32 bar allows,
-    and for float16/bfloat16 a cost measured on the output (tests/test_cuda.py holds it to the same bar as
-    the exact path; benchmarks/results/accuracy-cuda.md reports it).
     """
     model_type = getattr(model.config, "model_type", None)
     family = FAMILIES.get(model_type)
@@ -110,8 +103,6 @@ def fuse(model: PreTrainedModel, *, remove_padding: bool = True, approximate_gel
         raise NotImplementedError(f"fusedbert: model_type {model_type!r} is not supported; supported: "
                                   f"{', '.join(sorted(FAMILIES))}")
     activation = _check_supported(model, family)
-    if approximate_gelu and activation == "gelu":
-        activation = "gelu_pytorch_tanh"
     base = model.base_model
     hf_encoder = getattr(base, family.encoder_attr)
     if isinstance(hf_encoder, FusedBertEncoder):

@@ -130,7 +130,7 @@ class CudaGraphRunner:
         if self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device; got {self.device}")
         self.forward = forward
-        self.buckets = sorted(buckets)
+        self.buckets = sorted(buckets, key=_cost)
         self.token_level = token_level
         self.num_inputs = num_inputs
         self.autotune_gemms = autotune_gemms

@@ -27,10 +27,10 @@ FP32_TOLERANCE = 1e-4
 # must in addition stay within 1e-2 of float32.
 FP16_ABSOLUTE_BOUND = 1e-2
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-def hf_and_fused(model, dtype, remove_padding=True, approximate_gelu=False):
+def hf_and_fused(model, dtype, remove_padding=True):
     """The HF model (SDPA attention) and a fused copy, both on the GPU in `dtype`."""
     hf = copy.deepcopy(model).to(DEVICE, dtype).eval()
-    return hf, fusedbert.fuse(copy.deepcopy(hf), remove_padding=remove_padding, approximate_gelu=approximate_gelu)
+    return hf, fusedbert.fuse(copy.deepcopy(hf), remove_padding=remove_padding)
 
 
 def last_hidden_states(hf, fused, batch):
@@ -38,9 +38,9 @@ def last_hidden_states(hf, fused, batch):
         return hf(**batch).last_hidden_state, fused(**batch).last_hidden_state
 
 
-def assert_matches_hf(model, batch, dtype, remove_padding=True, approximate_gelu=False):
+def assert_matches_hf(model, batch, dtype, remove_padding=True):
     """Fused vs Hugging Face in `dtype` on the same GPU, by the bars above."""
-    hf, fused = hf_and_fused(model, dtype, remove_padding, approximate_gelu)
+    hf, fused = hf_and_fused(model, dtype, remove_padding)
     expected, out = last_hidden_states(hf, fused, batch)
     mask = batch["attention_mask"]
     if dtype == torch.float32:
@@ -74,14 +74,6 @@ def test_minilm_real_weights_awkward_batches(minilm, lengths, dtype):
 def test_minilm_real_text_both_padding_modes(minilm, minilm_tokenizer, dtype, remove_padding):
     batch = minilm_tokenizer(SENTENCES, padding=True, return_tensors="pt").to(DEVICE)
     assert_matches_hf(minilm, batch, dtype, remove_padding)
-
-
-@pytest.mark.parametrize("dtype", DTYPES[1:], ids=str)
-@pytest.mark.parametrize("lengths", AWKWARD_BATCHES.values(), ids=AWKWARD_BATCHES.keys())
-def test_approximate_gelu_holds_the_low_precision_bar(minilm, lengths, dtype):
-    # The tanh GELU (in the FFN GEMM's epilogue) in place of MiniLM's exact one: held to the same bar.
-    assert_matches_hf(minilm, random_batch(minilm.config.vocab_size, lengths, device=DEVICE), dtype,
-                      approximate_gelu=True)
 
 
 BERT_SHAPES = {

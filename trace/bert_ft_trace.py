@@ -212,9 +212,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="thsext: fused encoder; ori: Hugging Face's encoder, traced the same way")
     parser.add_argument("--remove_padding", action=argparse.BooleanOptionalAction, default=True,
                         help="run the fused encoder on real tokens only (default on)")
-    parser.add_argument("--approximate_gelu", action="store_true",
-                        help="fused, fp16/bf16: an exact-GELU model's activation as tanh GELU inside the FFN GEMM, "
-                             "as FasterTransformer computes it (verified against the same bar as the exact path)")
     parser.add_argument("--num_labels", type=int, help="labels of a new classification head")
     parser.add_argument("--device", choices=["cpu", "cuda"],
                         default="cuda" if torch.cuda.is_available() else "cpu")
@@ -229,9 +226,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--seq_len must be at least {MIN_SEQ_LEN}; got {args.seq_len}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here; use --device cpu")
-    if args.approximate_gelu and (args.data_type == "fp32" or args.model_type != "thsext"):
-        parser.error("--approximate_gelu is for the fused encoder (--model_type thsext) in fp16 or bf16; its error "
-                     "is above the fp32 bar")
     if args.data_type == "fp16" and args.device == "cpu":
         parser.error("--data_type fp16 needs --device cuda; on CPU use --data_type bf16")
     args.tokenizer_name = args.tokenizer_name or args.model_name_or_path
@@ -246,7 +240,7 @@ def build(args: argparse.Namespace) -> str:
     hf_in_dtype = reference if dtype == torch.float32 else copy.deepcopy(reference).to(dtype)
     target = hf_in_dtype if args.model_type == "ori" else copy.deepcopy(hf_in_dtype)
     if args.model_type == "thsext":
-        fusedbert.fuse(target, remove_padding=args.remove_padding, approximate_gelu=args.approximate_gelu)
+        fusedbert.fuse(target, remove_padding=args.remove_padding)
     module = TracedTaskModule(target, args.mode)
 
     tokenizer = load_tokenizer(args.tokenizer_name)
@@ -283,7 +277,6 @@ def build(args: argparse.Namespace) -> str:
     report = verify(args.output, cases, atol, library=library, device=args.device)
     if args.model_type == "thsext":
         encoder = "fused encoder, " + ("padding removed" if args.remove_padding else "padded")
-        encoder += ", tanh GELU" if args.approximate_gelu else ""
     else:
         encoder = "Hugging Face encoder"
     return (f"{args.mode}: {args.model_type} ({encoder}), {args.data_type} on {args.device} -> "
