@@ -56,6 +56,26 @@ def _choice(key: str, value: Any, choices) -> str:
     return value
 
 
+BUCKET_SHAPE = "a list of [batch_size, seq_len] or [batch_size, seq_len, max_tokens] with positive integers"
+
+
+def _buckets(key: str, value: Any, max_length: int) -> tuple[tuple[int, ...], ...]:
+    """CUDA graph buckets, each within max_length and holding at most batch_size * seq_len tokens."""
+    if not isinstance(value, list):
+        raise _error(key, BUCKET_SHAPE, value)
+    buckets = []
+    for entry in value:
+        if (not isinstance(entry, list) or len(entry) not in (2, 3)
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in entry)):
+            raise _error(key, BUCKET_SHAPE, entry)
+        if entry[1] > max_length:
+            raise _error(key, f"buckets with seq_len <= max_length ({max_length})", entry)
+        if len(entry) == 3 and entry[2] > entry[0] * entry[1]:
+            raise _error(key, "buckets whose max_tokens is at most batch_size * seq_len", entry)
+        buckets.append(tuple(entry))
+    return tuple(buckets)
+
+
 def _text(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _error(key, "a non-empty string", value)
@@ -80,6 +100,8 @@ class HandlerConfig:
     max_answer_len: int = 15
     normalize: bool = True
     captum_n_steps: int = 50
+    cuda_graph_buckets: tuple[tuple[int, ...], ...] = ()  # [batch_size, seq_len(, max_tokens)] each
+    cuda_graph_warmup: bool = True
 
     @property
     def question_answering_stride(self) -> int:
@@ -140,6 +162,11 @@ class HandlerConfig:
             values["captum_n_steps"] = _integer("captum_n_steps", raw["captum_n_steps"], minimum=1)
         if "normalize" in raw:
             values["normalize"] = _boolean("normalize", raw["normalize"])
+        if "cuda_graph_buckets" in raw:
+            values["cuda_graph_buckets"] = _buckets("cuda_graph_buckets", raw["cuda_graph_buckets"],
+                                                    values.get("max_length", cls.max_length))
+        if "cuda_graph_warmup" in raw:
+            values["cuda_graph_warmup"] = _boolean("cuda_graph_warmup", raw["cuda_graph_warmup"])
 
         config = cls(**values)
         if config.question_answering_stride >= config.max_length // 2:

@@ -51,6 +51,7 @@ class TransformersFusedHandler(BaseHandler):
         self.mode = None
         self.tokenizer = None
         self.hf_model = None  # the Hugging Face model in pretrained mode (captum hooks its embeddings)
+        self.graph_runner = None  # fusedbert.cuda_graphs.CudaGraphRunner when cuda_graph_buckets are set on a GPU
         self.op_library: str | None = None
         self._batch_items = 0
 
@@ -81,6 +82,8 @@ class TransformersFusedHandler(BaseHandler):
         if max_positions is not None and config.max_length > max_positions:
             raise ConfigError(f'setup_config.json: "max_length" {config.max_length} is longer than the model\'s '
                               f"max_position_embeddings {max_positions}")
+        if config.cuda_graph_buckets:
+            self.graph_runner = self._cuda_graph_runner()
         self.mode = build_mode(config, self.tokenizer, labels=None)
         if self.mode.uses_labels:
             self.mode.labels = self._label_names(model_dir, model_config)
@@ -137,6 +140,30 @@ class TransformersFusedHandler(BaseHandler):
                               f"in {str(traced_dtype).removeprefix('torch.')}")
         return model.eval()
 
+    def _cuda_graph_runner(self):
+        """Replays self.model from one CUDA graph per configured bucket; None on a CPU worker."""
+        if self.device.type != "cuda":
+            logger.warning('setup_config.json: "cuda_graph_buckets" and "cuda_graph_warmup" are ignored: this worker '
+                           "runs on the CPU")
+            return None
+        try:
+            from fusedbert.cuda_graphs import CudaGraphRunner, parse_buckets
+            from fusedbert.tasks import TOKEN_LEVEL_MODES
+        except ImportError as e:
+            raise ConfigError('setup_config.json: "cuda_graph_buckets" needs the fusedbert package installed') from e
+        torch.cuda.set_device(self.device)  # a graph is captured on the current device, not the model's
+        # The model gets the tensors the tokenizer makes: DistilBERT's makes no token_type_ids.
+        num_inputs = sum(k in self.tokenizer.model_input_names for k in MODEL_INPUTS)
+        runner = CudaGraphRunner(self.model, parse_buckets(self.config.cuda_graph_buckets), self.device,
+                                 token_level=self.config.mode in TOKEN_LEVEL_MODES, num_inputs=num_inputs)
+        if self.config.cuda_graph_warmup:
+            reports = runner.capture_all()  # the runner logs each bucket's time and memory
+            logger.info("CUDA graphs: %d bucket(s) captured in %.2f s, holding %.1f MiB of GPU memory", len(reports),
+                        sum(r.seconds for r in reports), runner.pool_bytes / 2**20)
+        else:
+            logger.info("CUDA graphs: %d bucket(s), each captured on its first batch", len(runner.buckets))
+        return runner
+
     def _label_names(self, model_dir: str, model_config) -> list[str]:
         """Label names from index_to_name.json, else the checkpoint's id2label; checked against the model."""
         num_outputs = self.inference(self.preprocess([self.mode.parse("warm up")]))[0].shape[-1]
@@ -190,12 +217,14 @@ class TransformersFusedHandler(BaseHandler):
         return self.mode.encode(examples)
 
     def inference(self, batch, *args, **kwargs) -> tuple[torch.Tensor, ...]:
-        inputs = [batch.inputs[k].to(self.device) for k in MODEL_INPUTS if k in batch.inputs]
+        inputs = [batch.inputs[k] for k in MODEL_INPUTS if k in batch.inputs]
+        if self.graph_runner is None:  # the runner copies CPU inputs straight into its bucket's buffers
+            inputs = [t.to(self.device) for t in inputs]
         synchronize = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         synchronize()
         started = time.perf_counter()
         with torch.inference_mode():
-            outputs = self.model(*inputs)
+            outputs = (self.graph_runner or self.model)(*inputs)
         synchronize()
         self._record_metrics(batch, (time.perf_counter() - started) * 1000)
         return tuple(o.float().cpu() for o in outputs)

@@ -28,8 +28,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spec
 METRICS_YAML = Path(sys.modules["ts"].__file__).parent / "configs" / "metrics.yaml"
 
 
-def write_model_dir(directory: Path, checkpoint: Path, mode: str, save_mode: str, fused: bool, **settings) -> Path:
-    """A model_dir like an unpacked .mar: setup_config.json, tokenizer files, labels, and the model."""
+def write_model_dir(directory: Path, checkpoint: Path, mode: str, save_mode: str, fused: bool, device: str = "cpu",
+                    **settings) -> Path:
+    """A model_dir like an unpacked .mar: setup_config.json, tokenizer files, labels, and the model (traced on
+    ``device``)."""
     directory.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
         shutil.copy(checkpoint / name, directory / name)
@@ -44,36 +46,46 @@ def write_model_dir(directory: Path, checkpoint: Path, mode: str, save_mode: str
         for name in ("config.json", "model.safetensors"):
             os.symlink(checkpoint / name, directory / name)
     else:
-        torch.jit.save(trace_model(checkpoint, mode, fused), str(directory / "traced_model.pt"))
+        torch.jit.save(trace_model(checkpoint, mode, fused, device), str(directory / "traced_model.pt"))
     return directory
 
 
-def trace_model(checkpoint: Path, mode: str, fused: bool) -> torch.jit.ScriptModule:
+def copy_model_dir(directory: Path, target: Path, **settings) -> Path:
+    """A copy of ``directory`` whose setup_config.json has ``settings`` on top."""
+    shutil.copytree(directory, target)
+    config = json.loads((target / "setup_config.json").read_text()) | settings
+    (target / "setup_config.json").write_text(json.dumps(config))
+    return target
+
+
+def trace_model(checkpoint: Path, mode: str, fused: bool, device: str = "cpu") -> torch.jit.ScriptModule:
     import bert_ft_trace
     import fusedbert
     from fusedbert.tasks import TracedTaskModule, load_model, load_tokenizer
 
-    model = load_model(mode, str(checkpoint), NUM_LABELS.get(mode))
+    model = load_model(mode, str(checkpoint), NUM_LABELS.get(mode), device=device)
     if fused:
         fusedbert.fuse(model)
     example = bert_ft_trace.encode_batch(load_tokenizer(str(checkpoint)), mode, bert_ft_trace.trace_lengths(2, 32),
                                          padded_length=32)
-    return bert_ft_trace.trace(TracedTaskModule(model, mode), example)
+    return bert_ft_trace.trace(TracedTaskModule(model, mode), [t.to(device) for t in example])
 
 
-def make_context(model_dir: Path, serialized_file: str | None = "traced_model.pt") -> Context:
+def make_context(model_dir: Path, serialized_file: str | None = "traced_model.pt",
+                 gpu_id: int | None = None) -> Context:
     manifest = {"model": {"modelName": "minilm"}}
     if serialized_file:
         manifest["model"]["serializedFile"] = serialized_file
     metrics = MetricsCacheYamlImpl(str(METRICS_YAML))
     metrics.initialize_cache()
     metrics.model_name = "minilm"
-    return Context("minilm", str(model_dir), manifest, 8, None, "0.12", metrics=metrics)
+    return Context("minilm", str(model_dir), manifest, 8, gpu_id, "0.12", metrics=metrics)
 
 
-def load_handler(model_dir: Path, serialized_file: str | None = "traced_model.pt"):
+def load_handler(model_dir: Path, serialized_file: str | None = "traced_model.pt", gpu_id: int | None = None):
+    """The handler initialized on ``model_dir``: on the CPU, or on cuda:<gpu_id> as TorchServe assigns a GPU."""
     handler = handler_module.TransformersFusedHandler()
-    context = make_context(model_dir, serialized_file)
+    context = make_context(model_dir, serialized_file, gpu_id)
     handler.initialize(context)
     return handler, context
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from handler_support import (SEQUENCE_LABELS, TOKEN_LABELS, load_handler, make_context, run_batch,
-                             write_model_dir)
+from handler_support import (SEQUENCE_LABELS, TOKEN_LABELS, copy_model_dir, handler_module, load_handler, make_context,
+                             run_batch, write_model_dir)
 
 MODES = ("sequence_classification", "token_classification", "question_answering", "feature_extraction")
 VARIANTS = [(save_mode, fused) for save_mode in ("pretrained", "torchscript") for fused in (False, True)]
@@ -372,3 +372,120 @@ def test_explanations_in_torchscript_mode_say_they_need_pretrained(handlers):
     result = run_batch(handler, context, ["explain me", "predict me"], explain=[True, False])
     assert result.codes == [501, 200]
     assert 'explanations need "save_mode": "pretrained"' in result.responses[0]["message"]
+
+
+# ------------------------------------------------------------------------------------- CUDA graphs
+
+GRAPH_BUCKETS = [[1, 16], [4, 32], [8, 64, 256]]
+
+
+def test_cuda_graph_keys_are_ignored_with_one_warning_on_cpu(handlers, tmp_path, caplog):
+    handler, context = handlers("sequence_classification")
+    directory = copy_model_dir(context.system_properties["model_dir"], tmp_path / "graphs",
+                               cuda_graph_buckets=GRAPH_BUCKETS, cuda_graph_warmup=True)
+    with caplog.at_level(logging.INFO, logger=handler_module.logger.name):
+        graph_handler, graph_context = load_handler(directory)
+    warnings = [r.getMessage() for r in caplog.records
+                if r.name == handler_module.logger.name and r.levelno >= logging.WARNING]
+    assert warnings == ['setup_config.json: "cuda_graph_buckets" and "cuda_graph_warmup" are ignored: this worker '
+                        "runs on the CPU"]
+    assert graph_handler.graph_runner is None
+    assert run_batch(graph_handler, graph_context, TEXTS).responses == run_batch(handler, context, TEXTS).responses
+
+
+def test_predictions_go_through_the_graph_runner_with_cpu_inputs_and_explanations_do_not(handlers, monkeypatch):
+    handler, context = handlers("sequence_classification", "pretrained", True)
+    devices = []
+
+    def runner(*inputs):
+        devices.append([t.device.type for t in inputs])
+        return handler.model(*inputs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(handler, "graph_runner", runner)
+        result = run_batch(handler, context, [{"text": TEXTS[0], "target": 1}, TEXTS[1]], explain=[True, False])
+    assert result.codes == [200, 200]
+    assert "importances" in result.responses[0]  # captum needs autograd: the model itself, never a graph
+    assert devices == [["cpu"] * 3]  # one prediction batch; the runner copies to the GPU itself
+
+
+# On a GPU: the handler with buckets against the same model without, per variant (save_mode, fused, data_type).
+GPU_VARIANTS = {
+    "pretrained_fused_fp16": ("pretrained", True, "fp16"),
+    "torchscript_fused_fp32": ("torchscript", True, "fp32"),
+    "pretrained_unfused_fp16": ("pretrained", False, "fp16"),
+}
+# Graph and eager runs differ in GEMM row counts and algorithms (tuned while capturing); see test_cuda_graphs.py.
+LOGIT_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
+GPU_ID = 0
+
+
+@pytest.fixture(scope="module")
+def gpu_handler_pairs(minilm_path, tmp_path_factory):
+    """(mode, variant) -> ((handler, context) without buckets, (handler, context) with GRAPH_BUCKETS captured at
+    load), on cuda:0."""
+    cache = {}
+
+    def get(mode: str, variant: str):
+        if (mode, variant) not in cache:
+            save_mode, fused, data_type = GPU_VARIANTS[variant]
+            # The GPU machine's MiniLM copy is float16: tracing loads it in float32 (load_model's default).
+            eager_dir = write_model_dir(tmp_path_factory.mktemp("eager"), minilm_path, mode, save_mode, fused,
+                                        device=f"cuda:{GPU_ID}", data_type=data_type)
+            graph_dir = copy_model_dir(eager_dir, tmp_path_factory.mktemp("graphs") / "model",
+                                       cuda_graph_buckets=GRAPH_BUCKETS)
+            cache[mode, variant] = (load_handler(eager_dir, gpu_id=GPU_ID), load_handler(graph_dir, gpu_id=GPU_ID))
+        return cache[mode, variant]
+
+    return get
+
+
+def graph_batches(mode: str) -> dict[str, list]:
+    return {"one_request": bodies(mode)[1:2], "mixed_lengths": bodies(mode), "fits_no_bucket": bodies(mode) * 3}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("variant", GPU_VARIANTS)
+@pytest.mark.parametrize("mode", ["sequence_classification", "question_answering"])
+def test_graph_outputs_and_answers_equal_the_handler_without_graphs(gpu_handler_pairs, mode, variant):
+    (eager, eager_context), (graphed, context) = gpu_handler_pairs(mode, variant)
+    runner = graphed.graph_runner
+    assert {r.bucket for r in runner.reports} == set(runner.buckets)  # all captured at load
+    tolerance = LOGIT_TOLERANCE[GPU_VARIANTS[variant][2]]
+    for name, batch_bodies in graph_batches(mode).items():
+        batch = graphed.preprocess([graphed.mode.parse(body) for body in batch_bodies])
+        mask = batch.inputs["attention_mask"]
+        bucket = runner.bucket_for(*mask.shape, int(mask.sum()))
+        assert (bucket is None) == (name == "fits_no_bucket")
+        for got, expected in zip(graphed.inference(batch), eager.inference(batch), strict=True):
+            assert got.shape == expected.shape
+            difference = (got - expected).abs()
+            if runner.token_level:  # padding positions carry no answer
+                difference = difference[mask.bool()]
+            assert difference.max().item() <= tolerance, f"{name}: max logit difference {difference.max().item():.3g}"
+        graph_result = run_batch(graphed, context, batch_bodies)
+        assert graph_result.codes == [200] * len(batch_bodies)
+        eager_answers = run_batch(eager, eager_context, batch_bodies).responses
+        # Probabilities move less than logits; a near-tie may pick another label or span with a close score.
+        assert _floats(graph_result.responses) == pytest.approx(_floats(eager_answers), abs=tolerance)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("warmup", [True, False])
+def test_cuda_graph_warmup_captures_at_load_or_on_first_batch(minilm_path, tmp_path, caplog, warmup):
+    directory = write_model_dir(tmp_path, minilm_path, "question_answering", "pretrained", True, data_type="fp16",
+                                cuda_graph_buckets=GRAPH_BUCKETS, cuda_graph_warmup=warmup)
+    with caplog.at_level(logging.INFO, logger=handler_module.logger.name):
+        handler, context = load_handler(directory, gpu_id=GPU_ID)
+    runner = handler.graph_runner
+    if warmup:
+        assert [r.bucket for r in runner.reports] == sorted(runner.buckets, key=lambda b: b.token_capacity,
+                                                            reverse=True)
+        assert runner.pool_bytes > 0
+        assert "CUDA graphs: 3 bucket(s) captured in" in caplog.text
+        assert f"holding {runner.pool_bytes / 2**20:.1f} MiB of GPU memory" in caplog.text
+    else:
+        assert runner.reports == []  # question answering has no labels to check with a warm-up batch
+        assert "CUDA graphs: 3 bucket(s), each captured on its first batch" in caplog.text
+        assert run_batch(handler, context, QUESTIONS[:1]).codes == [200]
+        assert len(runner.reports) == 1

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from handler_support import handler_module, load_handler, write_model_dir
+from handler_support import copy_model_dir, handler_module, load_handler, write_model_dir
 
 HandlerConfig = handler_module.HandlerConfig
 ConfigError = handler_module.ConfigError
@@ -36,11 +36,42 @@ def test_original_example_config_with_string_values_is_accepted():
     ({"mode": "feature_extraction", "BetterTransformer": True}, '"BetterTransformer": true is not supported'),
     ({"mode": "question_answering", "max_length": 64, "doc_stride": 40}, '"doc_stride" must be smaller than half'),
     ({"mode": "sequence_classification", "num_labels": -1}, '"num_labels" must be an integer >= 0; got -1'),
+    ({"mode": "feature_extraction", "cuda_graph_buckets": [1, 16]},
+     '"cuda_graph_buckets" must be a list of [batch_size, seq_len] or [batch_size, seq_len, max_tokens] with '
+     "positive integers; got 1"),
+    ({"mode": "feature_extraction", "cuda_graph_buckets": "[[1, 16]]"}, '"cuda_graph_buckets" must be a list of'),
+    ({"mode": "feature_extraction", "cuda_graph_buckets": [[1, 16], [8]]}, "positive integers; got [8]"),
+    ({"mode": "feature_extraction", "cuda_graph_buckets": [[0, 16]]}, "positive integers; got [0, 16]"),
+    ({"mode": "feature_extraction", "cuda_graph_buckets": [[1, "16"]]}, 'positive integers; got [1, "16"]'),
+    ({"mode": "feature_extraction", "cuda_graph_buckets": [[True, 16]]}, "positive integers; got [true, 16]"),
+    ({"mode": "feature_extraction", "cuda_graph_buckets": [[1, 16, 8, 8]]}, "positive integers; got [1, 16, 8, 8]"),
+    ({"mode": "feature_extraction", "max_length": 64, "cuda_graph_buckets": [[1, 16], [4, 128]]},
+     '"cuda_graph_buckets" must be buckets with seq_len <= max_length (64); got [4, 128]'),
+    ({"mode": "feature_extraction", "cuda_graph_buckets": [[4, 129]]},  # the default max_length is 128
+     "seq_len <= max_length (128); got [4, 129]"),
+    ({"mode": "feature_extraction", "cuda_graph_buckets": [[2, 16, 33]]},
+     '"cuda_graph_buckets" must be buckets whose max_tokens is at most batch_size * seq_len; got [2, 16, 33]'),
+    ({"mode": "feature_extraction", "cuda_graph_warmup": "later"}, '"cuda_graph_warmup" must be true or false'),
+    ({"mode": "feature_extraction", "cuda_graph_warmup": 1}, '"cuda_graph_warmup" must be true or false'),
 ])
 def test_bad_key_is_named_in_the_error(raw, message):
     with pytest.raises(ConfigError, match=None) as error:
         HandlerConfig.from_dict(raw)
     assert message in str(error.value)
+
+
+def test_cuda_graph_keys_are_read():
+    config = HandlerConfig.from_dict({"mode": "question_answering", "max_length": "64",
+                                      "cuda_graph_buckets": [[1, 64], [8, 32], [16, 64, 512]],
+                                      "cuda_graph_warmup": "false"})
+    assert config.cuda_graph_buckets == ((1, 64), (8, 32), (16, 64, 512))
+    assert config.cuda_graph_warmup is False
+
+
+def test_cuda_graphs_are_off_by_default_and_warm_up_when_on():
+    assert HandlerConfig.from_dict({"mode": "feature_extraction"}).cuda_graph_buckets == ()
+    assert HandlerConfig.from_dict({"mode": "feature_extraction", "cuda_graph_buckets": []}).cuda_graph_buckets == ()
+    assert HandlerConfig.from_dict({"mode": "feature_extraction", "cuda_graph_buckets": [[1, 16]]}).cuda_graph_warmup
 
 
 def test_missing_setup_config_is_named(tmp_path):
@@ -55,11 +86,7 @@ def traced_dir(minilm_path, tmp_path_factory):
 
 
 def copy_with(directory, tmp_path, **settings):
-    target = tmp_path / "model"
-    shutil.copytree(directory, target)
-    config = json.loads((target / "setup_config.json").read_text()) | settings
-    (target / "setup_config.json").write_text(json.dumps(config))
-    return target
+    return copy_model_dir(directory, tmp_path / "model", **settings)
 
 
 def test_float16_on_cpu_is_refused_at_load(traced_dir, tmp_path):
