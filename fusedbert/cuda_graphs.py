@@ -13,6 +13,9 @@ GEMMs cost 2,560 rows rather than 4,096. A batch that fits no bucket runs eagerl
 
 A batch is padded up to the smallest bucket that holds it (extra rows and positions have mask 0, so real
 tokens see exactly what they would see alone) and the outputs are cut back to the batch's shape.
+
+Needs torch and the op library, loaded (``import fusedbert``, or the handler's load of an archive's .so):
+this file imports nothing else, so that a model archive can ship it beside the library.
 """
 
 from __future__ import annotations
@@ -24,8 +27,6 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
-
-from . import _ops  # noqa: F401  (loads the op library: set_gemm_autotuning lives there)
 
 logger = logging.getLogger(__name__)
 
@@ -166,18 +167,23 @@ class CudaGraphRunner:
         bucket = self.bucket_for(batch_size, seq_len, int(mask.sum()))
         if bucket is None:
             return _as_tuple(self.forward(*(t.to(self.device) for t in inputs)))
-        graph = self._graph(bucket)
-        graph.stage(inputs)
-        graph.graph.replay()
-        return tuple(self._cut(out, batch_size, seq_len).clone() for out in graph.outputs)
+        with torch.cuda.device(self.device):  # staging and replay run on the graph's device's current stream
+            graph = self._graph(bucket)
+            graph.stage(inputs)
+            graph.graph.replay()
+            return tuple(self._cut(out, batch_size, seq_len).clone() for out in graph.outputs)
 
     def _cut(self, out: torch.Tensor, batch_size: int, seq_len: int) -> torch.Tensor:
         return out[:batch_size, :seq_len] if self.token_level else out[:batch_size]
 
     def _graph(self, bucket: Bucket) -> _Graph:
         graph = self._graphs.get(bucket)
-        if graph is not None:
-            return graph
+        if graph is None:
+            with torch.cuda.device(self.device):  # a capture records on the current device's streams
+                graph = self._capture(bucket)
+        return graph
+
+    def _capture(self, bucket: Bucket) -> _Graph:
         graph = _Graph(bucket, self.num_inputs, self.device)
         inputs = list(graph.staged.unbind(0))
         # Warm up with exactly token_capacity real tokens: the GEMM shapes the capture will use.

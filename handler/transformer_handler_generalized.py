@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import os
+import sys
 import time
 from glob import glob
 from typing import Any, Callable
@@ -40,6 +41,9 @@ logger = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 LABEL_FILE = "index_to_name.json"
 TRUNCATED_HEADER = "X-Input-Truncated"
+# Modes whose model outputs are [batch, seq_len, ...] (fusedbert.tasks.TOKEN_LEVEL_MODES, which an archive
+# without the fusedbert package cannot import).
+PER_TOKEN_OUTPUT_MODES = ("question_answering", "token_classification")
 
 
 class TransformersFusedHandler(BaseHandler):
@@ -83,7 +87,7 @@ class TransformersFusedHandler(BaseHandler):
             raise ConfigError(f'setup_config.json: "max_length" {config.max_length} is longer than the model\'s '
                               f"max_position_embeddings {max_positions}")
         if config.cuda_graph_buckets:
-            self.graph_runner = self._cuda_graph_runner()
+            self.graph_runner = self._cuda_graph_runner(model_dir)
         self.mode = build_mode(config, self.tokenizer, labels=None)
         if self.mode.uses_labels:
             self.mode.labels = self._label_names(model_dir, model_config)
@@ -140,22 +144,18 @@ class TransformersFusedHandler(BaseHandler):
                               f"in {str(traced_dtype).removeprefix('torch.')}")
         return model.eval()
 
-    def _cuda_graph_runner(self):
+    def _cuda_graph_runner(self, model_dir: str):
         """Replays self.model from one CUDA graph per configured bucket; None on a CPU worker."""
         if self.device.type != "cuda":
             logger.warning('setup_config.json: "cuda_graph_buckets" and "cuda_graph_warmup" are ignored: this worker '
                            "runs on the CPU")
             return None
-        try:
-            from fusedbert.cuda_graphs import CudaGraphRunner, parse_buckets
-            from fusedbert.tasks import TOKEN_LEVEL_MODES
-        except ImportError as e:
-            raise ConfigError('setup_config.json: "cuda_graph_buckets" needs the fusedbert package installed') from e
-        torch.cuda.set_device(self.device)  # a graph is captured on the current device, not the model's
+        cuda_graphs = _fusedbert_file(model_dir, "cuda_graphs.py", '"cuda_graph_buckets"')
         # The model gets the tensors the tokenizer makes: DistilBERT's makes no token_type_ids.
         num_inputs = sum(k in self.tokenizer.model_input_names for k in MODEL_INPUTS)
-        runner = CudaGraphRunner(self.model, parse_buckets(self.config.cuda_graph_buckets), self.device,
-                                 token_level=self.config.mode in TOKEN_LEVEL_MODES, num_inputs=num_inputs)
+        runner = cuda_graphs.CudaGraphRunner(self.model, cuda_graphs.parse_buckets(self.config.cuda_graph_buckets),
+                                             self.device, token_level=self.config.mode in PER_TOKEN_OUTPUT_MODES,
+                                             num_inputs=num_inputs)
         if self.config.cuda_graph_warmup:
             reports = runner.capture_all()  # the runner logs each bucket's time and memory
             logger.info("CUDA graphs: %d bucket(s) captured in %.2f s, holding %.1f MiB of GPU memory", len(reports),
@@ -394,21 +394,23 @@ def _checkpoint_config(model_dir: str):
     return AutoConfig.from_pretrained(model_dir)
 
 
-def _library_module(model_dir: str):
-    """fusedbert's library.py: the archive's copy, else the installed package's.
+def _fusedbert_file(model_dir: str, filename: str, needed_by: str):
+    """One of fusedbert's standalone modules (library.py, cuda_graphs.py): the archive's copy, else the
+    installed package's.
 
-    Loaded from its file, not imported as ``fusedbert.library``: importing the package would load the
+    Loaded from its file, not imported from ``fusedbert``: importing the package would load the
     installed op library before the archive's could be chosen.
     """
-    path = os.path.join(model_dir, "library.py")
+    path = os.path.join(model_dir, filename)
     if not os.path.isfile(path):
         package = importlib.util.find_spec("fusedbert")
         if package is None:
-            raise ConfigError('setup_config.json: "FasterTransformer": true, but the archive has no library.py and '
-                              "the fusedbert package is not installed")
-        path = os.path.join(package.submodule_search_locations[0], "library.py")
-    spec = importlib.util.spec_from_file_location("fusedbert_op_library", path)
+            raise ConfigError(f"setup_config.json: {needed_by} needs fusedbert's {filename}, but the archive has none "
+                              "and the fusedbert package is not installed")
+        path = os.path.join(package.submodule_search_locations[0], filename)
+    spec = importlib.util.spec_from_file_location(f"fusedbert_{filename.removesuffix('.py')}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there while the file runs
     spec.loader.exec_module(module)
     return module
 
@@ -418,7 +420,7 @@ def load_op_library(model_dir: str) -> str:
 
     Raises LibraryMismatchError for a library built against another torch.
     """
-    library = _library_module(model_dir)
+    library = _fusedbert_file(model_dir, "library.py", '"FasterTransformer": true')
     shipped = sorted(glob(os.path.join(model_dir, "*.so")))
     if len(shipped) > 1:
         raise ConfigError(f"{model_dir} holds several .so files ({', '.join(map(os.path.basename, shipped))}); "

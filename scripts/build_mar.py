@@ -12,7 +12,8 @@ The first argument names a folder of configs/ (or is a setup_config.json). Steps
      (save_mode "pretrained", which /explanations needs: the handler fuses it when it loads);
   3. stage what the worker needs: setup_config.json, tokenizer files, config.json, index_to_name.json
      (artifacts/ label names, only for a head whose config.json does not name its labels),
-     fusedbert's op library (.so) and a copy of fusedbert/library.py, and the handler's modules;
+     fusedbert's op library (.so), copies of fusedbert/library.py and fusedbert/cuda_graphs.py, and the
+     handler's modules;
   4. torch-model-archiver, with configs/model-config.yaml (batching, workers, devices).
 A "torchscript" archive needs nothing from this checkout on the serving host: torch, transformers and
 TorchServe are enough; "pretrained" needs the fusedbert package there too (and captum for explanations).
@@ -81,10 +82,13 @@ def run(command: list[str]) -> None:
 
 def stage_files(setup_config: Path, setup: HandlerConfig, checkpoint: Path, stage: Path) -> list[Path]:
     """Copy every extra file of the archive into ``stage`` (flat, as the worker sees model_dir)."""
+    import fusedbert.cuda_graphs
     import fusedbert.library
 
     stage.mkdir(parents=True, exist_ok=True)
-    sources = [setup_config, Path(fusedbert.library.library_path()), Path(fusedbert.library.__file__)]
+    # The op library with the two fusedbert modules the handler loads from its file (torch-only).
+    sources = [setup_config, Path(fusedbert.library.library_path()), Path(fusedbert.library.__file__),
+               Path(fusedbert.cuda_graphs.__file__)]
     # The handler's modules sit beside it in the archive's root, which TorchServe puts on sys.path.
     sources += [p for p in sorted(HANDLER_DIR.glob("*.py")) if p.name not in (HANDLER_ENTRY, "__init__.py")]
     # Tokenizer files and config.json; the weights go in as --serialized-file.

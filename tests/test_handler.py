@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -377,6 +378,26 @@ def test_explanations_in_torchscript_mode_say_they_need_pretrained(handlers):
 # ------------------------------------------------------------------------------------- CUDA graphs
 
 GRAPH_BUCKETS = [[1, 16], [4, 32], [8, 64, 256]]
+
+
+def test_cuda_graphs_module_is_loaded_from_the_archive_copy_with_torch_alone(tmp_path):
+    import subprocess
+    import sys
+
+    import fusedbert.cuda_graphs
+
+    archived = tmp_path / "cuda_graphs.py"
+    archived.write_text(Path(fusedbert.cuda_graphs.__file__).read_text())
+    module = handler_module._fusedbert_file(str(tmp_path), "cuda_graphs.py", '"cuda_graph_buckets"')
+    assert Path(module.__file__) == archived
+    assert module.parse_buckets([[4, 32, 64]]) == [module.Bucket(4, 32, 64)]
+    # What an archive's worker has: torch, not the fusedbert package.
+    probe = ("import importlib.util, sys; sys.modules['fusedbert'] = None; "
+             f"spec = importlib.util.spec_from_file_location('cg', {str(archived)!r}); "
+             "m = importlib.util.module_from_spec(spec); sys.modules['cg'] = m; spec.loader.exec_module(m); "
+             "print(m.Bucket(1, 8).token_capacity)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "8", result.stderr
 
 
 def test_cuda_graph_keys_are_ignored_with_one_warning_on_cpu(handlers, tmp_path, caplog):
