@@ -73,9 +73,11 @@ def _encoder_panels(records: list[dict], value_key: str, ylabel: str, title: str
         axis.grid(alpha=0.3)
     # One legend for the figure: a system absent from some panel (ORT has no bf16) is still named.
     labelled = {label: handle for axis in axes for handle, label in zip(*axis.get_legend_handles_labels())}
-    figure.legend(list(labelled.values()), list(labelled), loc="lower center", ncol=len(labelled), fontsize=9)
+    columns = min(len(labelled), 3 * len([a for a in axes if a.get_visible()][:3]))  # ~3 names per panel width
+    legend_rows = -(-len(labelled) // columns)
+    figure.legend(list(labelled.values()), list(labelled), loc="lower center", ncol=columns, fontsize=9)
     figure.suptitle(f"{title}\n{_label(header)}")
-    figure.tight_layout(rect=(0, 0.05, 1, 1))
+    figure.tight_layout(rect=(0, 0.05 * legend_rows, 1, 1))
     figure.savefig(output, dpi=110)
     plt.close(figure)
     return output
