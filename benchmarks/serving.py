@@ -3,7 +3,8 @@ TorchServe on loopback (token auth on), under the same bounded load.
 
     python -m benchmarks.serving                                  # CPU: fp32, concurrency 1, 16, 64
     python -m benchmarks.serving --device cuda                    # one GPU worker per model, fp16
-    python -m benchmarks.serving --device cuda --gpus 2           # one worker per GPU (UNTESTED, see below)
+    python -m benchmarks.serving --device cuda --gpus 2           # one worker per GPU on GPUs 0 and 1
+    python -m benchmarks.serving --device cuda --random-weights bert-base   # bert-base shape, random weights
     python -m benchmarks.serving --skip-build                     # reuse the archives of the last run
 
 Both archives are built by scripts/build_mar.py from the same checkpoint and configs/<mode>/setup_config.json,
@@ -19,8 +20,11 @@ come from benchmarks/data with token lengths uniform in 8..128 and a 10% tail up
 p50/p90/p99, errors by status; and from the handler's own per-batch metrics (parsed from TorchServe's log):
 batch size, tokenize / model / postprocess / whole-batch time, and the overhead (whole batch minus model).
 
-GPU: the serving host needs Java 11+ for TorchServe's frontend. ``--gpus N`` writes deviceIds [0..N-1] and
-N workers per model into model-config.yaml; it has not been run yet (no multi-GPU host here).
+GPU: the serving host needs Java 11+ for TorchServe's frontend (scripts/device_bundle.sh packs one, with
+TorchServe, for a host that has neither; scripts/device_serving.sh runs this there). ``--gpus N`` writes
+deviceIds [0..N-1] and N workers per model into model-config.yaml. On CUDA the fused archive replays CUDA
+graphs (setup_config "cuda_graph_buckets", default_graph_buckets below unless --cuda-graph-buckets);
+the stock archive runs the Hugging Face model as TorchServe's old example did.
 
 Writes benchmarks/results/serving-<device>-<device slug>-<YYYYMMDD>.json and a PNG beside it.
 """
@@ -98,6 +102,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "build" / "serving-bench",
                         help="archives, TorchServe run directory and logs (default: build/serving-bench)")
     parser.add_argument("--skip-build", action="store_true", help="reuse the archives already in --work-dir")
+    parser.add_argument("--random-weights", choices=["bert-base", "bert-large"],
+                        help="serve a random-weight checkpoint of this shape (seed 0) with the config's tokenizer, "
+                             "instead of the config's model_name")
+    parser.add_argument("--cuda-graph-buckets", type=json.loads, default=None, metavar="JSON",
+                        help='the fused archive\'s "cuda_graph_buckets" on CUDA, e.g. "[[1,128],[16,128,1280]]" '
+                             "(default: a ladder up to batchSize, see default_graph_buckets; [] turns graphs off)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -138,9 +148,42 @@ def archive_model_config(path: Path):
         build_mar.MODEL_CONFIG = shipped
 
 
+def default_graph_buckets(batch_size: int, max_length: int) -> list[list[int]]:
+    """CUDA graph buckets for the serving mix: single requests by length, then batch sizes doubling up to
+    batchSize at full length; from 16 sequences on, a bucket holding the mix's mean (~70 tokens) per
+    sequence beside the full one, so that a typical batch replays a graph of about its real tokens."""
+    buckets = [[1, length] for length in (32, 64) if length < max_length]
+    size = 1
+    while size <= batch_size:
+        buckets.append([size, max_length])
+        if size >= 16:
+            buckets.append([size, max_length, size * 80])
+        size *= 2
+    return buckets
+
+
+def random_checkpoint(shape: str, tokenizer_name: str, directory: Path) -> Path:
+    """A BertModel of ``shape`` with random weights (seed 0) and ``tokenizer_name``'s tokenizer, saved."""
+    from transformers import BertConfig, BertModel
+
+    from .workloads import MODEL_SHAPES, SEED
+
+    tokenizer = load_tokenizer(tokenizer_name)
+    torch.manual_seed(SEED)
+    BertModel(BertConfig(**MODEL_SHAPES[shape], vocab_size=len(tokenizer))).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def build_archives(args: argparse.Namespace, store: Path, config: dict) -> dict:
     """Both .mar files in ``store``; returns each system's setup_config.json."""
     setup = json.loads(build_mar.find_setup_config(args.mode).read_text())
+    if args.random_weights:
+        checkpoint = args.work_dir / "checkpoints" / f"{args.random_weights}-random"
+        if not args.skip_build:
+            random_checkpoint(args.random_weights, setup["model_name"], checkpoint)
+        setup["model_name"] = str(checkpoint)
+    max_length = int(setup.get("max_length", 128))
     configs_dir = args.work_dir / "configs"
     configs_dir.mkdir(parents=True, exist_ok=True)
     model_config_path = configs_dir / "model-config.yaml"
@@ -148,6 +191,11 @@ def build_archives(args: argparse.Namespace, store: Path, config: dict) -> dict:
     setups = {}
     for name in args.systems:
         setups[name] = dict(setup, FasterTransformer=SYSTEMS[name], data_type=args.dtype)
+        if args.device == "cuda" and SYSTEMS[name]:
+            buckets = args.cuda_graph_buckets
+            if buckets is None:
+                buckets = default_graph_buckets(int(config["batchSize"]), max_length)
+            setups[name]["cuda_graph_buckets"] = buckets
         setup_path = configs_dir / f"{name}_setup_config.json"
         setup_path.write_text(json.dumps(setups[name], indent=2) + "\n")
         if args.skip_build:
