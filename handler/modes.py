@@ -126,6 +126,23 @@ class EncodedBatch:
 
 # --------------------------------------------------------------------------------------------- modes
 
+def pad_to_longest(tokenizer, columns: dict[str, list[list[int]]]) -> dict[str, torch.Tensor]:
+    """Each model input's rows padded to the longest row, as one int64 tensor: what
+    ``tokenizer.pad(..., padding="longest", return_tensors="pt")`` gives (the tokenizer's padding side and
+    pad values), in one list comprehension per input instead of its per-row Python work, which took a
+    third of a batch's tokenizing time."""
+    longest = max(len(row) for row in columns["input_ids"])
+    pad_values = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0,
+                  "token_type_ids": tokenizer.pad_token_type_id}
+    left = tokenizer.padding_side == "left"
+    padded = {}
+    for key, rows in columns.items():
+        fill = pad_values[key]
+        padded[key] = torch.tensor([[fill] * (longest - len(row)) + row if left else row + [fill] * (longest - len(row))
+                                    for row in rows], dtype=torch.long)
+    return padded
+
+
 class Mode:
     """The steps shared by every mode; subclasses say how to read a request and build its answer."""
 
@@ -156,8 +173,7 @@ class Mode:
 
     def _pad(self, encoding, rows: list[int], row_example: list[int], truncated: list[bool]) -> EncodedBatch:
         present = [k for k in MODEL_INPUTS if k in encoding]
-        padded = self.tokenizer.pad({k: [encoding[k][r] for r in rows] for k in present}, padding="longest",
-                                    return_tensors="pt")
+        padded = pad_to_longest(self.tokenizer, {k: [encoding[k][r] for r in rows] for k in present})
         row_info = [{key: encoding[key][r] for key in ("input_ids", "offset_mapping", "special_tokens_mask")
                      if key in encoding} | self._row_extras(encoding, r) for r in rows]
         return EncodedBatch(dict(padded), row_info, row_example, truncated)

@@ -380,6 +380,23 @@ def test_explanations_in_torchscript_mode_say_they_need_pretrained(handlers):
 GRAPH_BUCKETS = [[1, 16], [4, 32], [8, 64, 256]]
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_pad_to_longest_gives_what_tokenizer_pad_gives(minilm_tokenizer, side):
+    import copy
+
+    from modes import pad_to_longest
+
+    tokenizer = copy.deepcopy(minilm_tokenizer)
+    tokenizer.padding_side = side
+    encoding = tokenizer(["short", "a rather longer sentence than the first one", "mid length text"])
+    for keys in (("input_ids", "attention_mask", "token_type_ids"), ("input_ids", "attention_mask")):
+        columns = {k: encoding[k] for k in keys}
+        got, expected = pad_to_longest(tokenizer, columns), tokenizer.pad(columns, padding="longest", return_tensors="pt")
+        assert got.keys() == set(keys)
+        for key in keys:
+            assert got[key].dtype == torch.long and torch.equal(got[key], expected[key]), key
+
+
 def test_cuda_graphs_module_is_loaded_from_the_archive_copy_with_torch_alone(tmp_path):
     import subprocess
     import sys
