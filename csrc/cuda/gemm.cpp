@@ -137,7 +137,7 @@ class Plan {
   }
 
   void run(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
-           const at::Tensor& workspace, bool capturing) {
+           const at::Tensor& workspace) {
     if (has_bias_) {
       // Set per call: the plan is shared by every layer, each with its own bias.
       const void* bias_ptr = bias.data_ptr();
@@ -145,7 +145,8 @@ class Plan {
                                                           sizeof(bias_ptr)));
     }
     // Timing waits on events, which a stream being captured cannot do; the graph's warm-up tunes first.
-    if (!tuned_ && !capturing && gemm_autotuning_enabled()) tune(out, in, weight, workspace);
+    // The capture query comes last: only a plan about to be tuned pays for it, not every GEMM.
+    if (!tuned_ && gemm_autotuning_enabled() && !current_stream_is_capturing()) tune(out, in, weight, workspace);
     TORCH_CUDABLAS_CHECK(matmul(algo_, out, in, weight, workspace));
   }
 
@@ -233,7 +234,7 @@ void linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, con
                     at::globalContext().allowTF32CuBLAS(),
                     common_alignment({out.data_ptr(), in.data_ptr(), weight.data_ptr(),
                                       has_bias ? bias.data_ptr() : nullptr})};
-  plan_for(key).run(out, in, weight, bias, workspace, current_stream_is_capturing());
+  plan_for(key).run(out, in, weight, bias, workspace);
 }
 
 }  // namespace fusedbert::cuda
