@@ -14,8 +14,9 @@ GEMMs cost 2,560 rows rather than 4,096. A batch that fits no bucket runs eagerl
 A batch is padded up to the smallest bucket that holds it (extra rows and positions have mask 0, so real
 tokens see exactly what they would see alone) and the outputs are cut back to the batch's shape.
 
-Needs torch and the op library, loaded (``import fusedbert``, or the handler's load of an archive's .so):
-this file imports nothing else, so that a model archive can ship it beside the library.
+Imports torch only, so that a model archive can ship it beside the op library; the fused encoder's
+settings are reached through the loaded library (``import fusedbert``, or the handler's load of an
+archive's .so), and a model without the fused encoder is captured the same way.
 """
 
 from __future__ import annotations
@@ -37,15 +38,25 @@ Forward = Callable[..., "torch.Tensor | tuple[torch.Tensor, ...]"]
 WARMUP_RUNS = 3
 
 
-@contextlib.contextmanager
-def gemm_autotuning(enabled: bool = True) -> Iterator[None]:
+def gemm_autotuning(enabled: bool = True):
     """While inside, the CUDA encoder times cuBLASLt's candidate algorithms for each GEMM shape it meets
     for the first time and keeps the fastest (off by default: see csrc/ops.cpp)."""
-    previous = torch.ops.fusedbert.set_gemm_autotuning(enabled)
+    return _op_setting("set_gemm_autotuning", enabled)
+
+
+@contextlib.contextmanager
+def _op_setting(setter: str, value) -> Iterator[None]:
+    """One of the op library's process-wide settings (csrc/settings.h) set inside the block, restored after.
+    Without the library loaded (a model with no fused encoder, e.g. the stock path) there is nothing to set."""
+    if not hasattr(torch.ops.fusedbert, setter):
+        yield
+        return
+    set_value = getattr(torch.ops.fusedbert, setter)
+    previous = set_value(value)
     try:
         yield
     finally:
-        torch.ops.fusedbert.set_gemm_autotuning(previous)
+        set_value(previous)
 
 
 @dataclass(frozen=True, order=True)
@@ -198,7 +209,7 @@ class CudaGraphRunner:
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()  # as torch.cuda.graph does on entry: from here on, growth is the graph's pool
         reserved = torch.cuda.memory_reserved(self.device)
-        with torch.inference_mode(), _capture_token_capacity(bucket.token_capacity), \
+        with torch.inference_mode(), _op_setting("set_capture_token_capacity", bucket.token_capacity), \
                 torch.cuda.graph(graph.graph, pool=self._pool):
             graph.outputs = _as_tuple(self.forward(*inputs))
         torch.cuda.synchronize(self.device)
@@ -212,15 +223,6 @@ class CudaGraphRunner:
 
 def _cost(bucket: Bucket) -> tuple[int, int, int]:
     return bucket.token_capacity, bucket.batch_size * bucket.seq_len, bucket.batch_size
-
-
-@contextlib.contextmanager
-def _capture_token_capacity(rows: int) -> Iterator[None]:
-    previous = torch.ops.fusedbert.set_capture_token_capacity(rows)
-    try:
-        yield
-    finally:
-        torch.ops.fusedbert.set_capture_token_capacity(previous)
 
 
 def _as_tuple(outputs) -> tuple[torch.Tensor, ...]:

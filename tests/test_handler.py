@@ -408,10 +408,12 @@ def test_cuda_graphs_module_is_loaded_from_the_archive_copy_with_torch_alone(tmp
     module = handler_module._fusedbert_file(str(tmp_path), "cuda_graphs.py", '"cuda_graph_buckets"')
     assert Path(module.__file__) == archived
     assert module.parse_buckets([[4, 32, 64]]) == [module.Bucket(4, 32, 64)]
-    # What an archive's worker has: torch, not the fusedbert package.
+    # What an archive's worker has: torch, not the fusedbert package; nor the op library for an unfused
+    # (stock) model, whose capture must not need the fused encoder's settings.
     probe = ("import importlib.util, sys; sys.modules['fusedbert'] = None; "
              f"spec = importlib.util.spec_from_file_location('cg', {str(archived)!r}); "
              "m = importlib.util.module_from_spec(spec); sys.modules['cg'] = m; spec.loader.exec_module(m); "
+             "ctx = m.gemm_autotuning(); ctx.__enter__(); ctx.__exit__(None, None, None); "
              "print(m.Bucket(1, 8).token_capacity)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "8", result.stderr
