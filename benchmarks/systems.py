@@ -135,7 +135,7 @@ class GraphedFusedEncoder:
     def __init__(self, model: nn.Module, device: torch.device):
         self.runner = CudaGraphRunner(self._forward, [], device, token_level=True, num_inputs=2)
         self.model = model
-        self._cpu_inputs: dict[int, tuple[Batch, torch.Tensor, torch.Tensor]] = {}
+        self._cpu_inputs: dict[int, tuple[torch.Tensor, torch.Tensor, Batch]] = {}
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -146,10 +146,10 @@ class GraphedFusedEncoder:
         bucket = Bucket(size, seq_len, tokens)
         if bucket not in self.runner.buckets:
             self.runner.buckets.append(bucket)
-        cached = self._cpu_inputs.get(id(batch))
-        if cached is None or cached[0] is not batch:  # once per batch; holding it keeps its id unique
-            cached = self._cpu_inputs[id(batch)] = (batch, batch.input_ids.cpu(), batch.attention_mask.cpu())
-        return self.runner(*cached[1:])[0]
+        if id(batch) not in self._cpu_inputs:  # once per batch, which is held so that its id stays its own
+            self._cpu_inputs[id(batch)] = (batch.input_ids.cpu(), batch.attention_mask.cpu(), batch)
+        input_ids, attention_mask, _ = self._cpu_inputs[id(batch)]
+        return self.runner(input_ids, attention_mask)[0]
 
 
 class OrtEncoder:
