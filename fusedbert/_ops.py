@@ -29,6 +29,13 @@ def _encoder_fake(hidden, attention_mask, weights, num_heads, layer_norm_eps, ac
     return torch.empty_like(hidden, memory_format=torch.contiguous_format)
 
 
+@torch.library.register_fake("fusedbert::packed_attention")
+def _packed_attention_fake(qkv, cu_seqlens, max_seqlen, num_heads):
+    torch._check(qkv.dim() == 2 and qkv.shape[1] % (3 * num_heads) == 0,
+                 lambda: f"fusedbert::packed_attention: qkv must be [rows, 3 * hidden]; got {tuple(qkv.shape)}")
+    return qkv.new_empty(qkv.shape[0], qkv.shape[1] // 3)
+
+
 def _setup_context(ctx, inputs, output):
     hidden, attention_mask, weights, num_heads, layer_norm_eps, activation, _ = inputs
     ctx.save_for_backward(hidden, attention_mask, *weights)

@@ -31,7 +31,9 @@ at::Tensor key_padding_bias(const at::Tensor& attention_mask, at::ScalarType dty
 
 // Self-attention of qkv [rows, 3H] (biases added) -> context [rows, H]. Q, K and V are strided views of
 // qkv with heads split in place: no copies. Packed rows (no key_bias) attend within their sequence by
-// cu_seqlens; padded rows (key_bias given) attend over their sequence's S rows with padding keys masked.
+// cu_seqlens: float16/bfloat16 at the usual head sizes through fusedbert's kernel (csrc/cuda/attention.cu),
+// other head sizes through ATen's flash attention, float32 through its memory-efficient attention. Padded
+// rows (key_bias given) attend over their sequence's S rows with padding keys masked.
 at::Tensor self_attention(
     const at::Tensor& qkv, const PackedBatch& packed, const at::Tensor& key_bias, const EncoderDims& dims) {
   const int64_t rows = qkv.size(0), width = dims.hidden;
@@ -55,6 +57,9 @@ at::Tensor self_attention(
         q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), /*bias=*/std::nullopt, packed.cu_seqlens, packed.cu_seqlens,
         max_seqlen, max_seqlen, /*dropout_p=*/0.0, /*custom_mask_type=*/0, /*compute_log_sumexp=*/false);
     return std::get<0>(result).reshape({rows, width});
+  }
+  if (packed_attention_supports(qkv.scalar_type(), dims.head_dim)) {
+    return packed_attention(qkv, packed.cu_seqlens, max_seqlen, dims.num_heads);
   }
   auto result = at::_flash_attention_forward(q, k, v, packed.cu_seqlens, packed.cu_seqlens, max_seqlen, max_seqlen,
                                              /*dropout_p=*/0.0, /*is_causal=*/false, /*return_debug_mask=*/false);
@@ -142,9 +147,24 @@ at::Tensor encoder_cuda(
   return scatter_real_tokens(x, packed, remove_padding).view({dims.batch, dims.seq_len, dims.hidden});
 }
 
+// The encoder's own attention kernel as an op of its own, for tests and benchmarks.
+at::Tensor packed_attention_op(const at::Tensor& qkv, const at::Tensor& cu_seqlens, int64_t max_seqlen,
+                               int64_t num_heads) {
+  TORCH_CHECK(qkv.dim() == 2 && num_heads > 0 && qkv.size(1) % (3 * num_heads) == 0,
+              "fusedbert::packed_attention: qkv must be [rows, 3 * hidden] with hidden a multiple of num_heads; got ",
+              qkv.sizes(), " and num_heads ", num_heads);
+  TORCH_CHECK(cu_seqlens.dim() == 1 && cu_seqlens.size(0) >= 1 && cu_seqlens.scalar_type() == at::kInt &&
+                  cu_seqlens.device() == qkv.device() && cu_seqlens.is_contiguous(),
+              "fusedbert::packed_attention: cu_seqlens must be a contiguous [batch + 1] int32 tensor on qkv's device");
+  TORCH_CHECK(max_seqlen >= 0, "fusedbert::packed_attention: max_seqlen must be >= 0; got ", max_seqlen);
+  const c10::cuda::CUDAGuard device_guard(qkv.device());
+  return packed_attention(qkv.contiguous(), cu_seqlens, max_seqlen, num_heads);
+}
+
 }  // namespace
 }  // namespace fusedbert::cuda
 
 TORCH_LIBRARY_IMPL(fusedbert, CUDA, m) {
   m.impl("encoder", &fusedbert::cuda::encoder_cuda);
+  m.impl("packed_attention", &fusedbert::cuda::packed_attention_op);
 }

@@ -40,6 +40,14 @@ at::Tensor gather_real_tokens(const at::Tensor& hidden, const PackedBatch& packe
 // (rows_are_packed) or [B * S, H] in padded order.
 at::Tensor scatter_real_tokens(const at::Tensor& rows, const PackedBatch& packed, bool rows_are_packed);
 
+// Self-attention of packed sequences, softmax(Q K^T / sqrt(head_dim)) V per sequence and head
+// (csrc/cuda/attention.cu). qkv: [rows, 3H] float16/bfloat16, contiguous, each row [Q | K | V] with the
+// heads side by side; cu_seqlens: [B + 1] int32 on the device, sequence b owning rows
+// [cu_seqlens[b], cu_seqlens[b + 1]); max_seqlen: a bound on every sequence's length (sizes the grid).
+// Returns the context [rows, H]; rows outside every sequence are left unwritten.
+bool packed_attention_supports(at::ScalarType dtype, int64_t head_dim);
+at::Tensor packed_attention(const at::Tensor& qkv, const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t num_heads);
+
 // x[t, :] = act(x[t, :] + bias), in place. x: [T, N] contiguous; bias: [N].
 void bias_activation_(at::Tensor& x, const at::Tensor& bias, Activation activation);
 
