@@ -14,6 +14,7 @@ import argparse
 import datetime
 import json
 import re
+import statistics
 import sys
 import time
 from collections import defaultdict
@@ -49,6 +50,18 @@ def family(name: str) -> str:
     return next((label for label, pattern in FAMILIES if pattern.search(name)), "other")
 
 
+def gpu_span_ms(kernels: list[tuple[float, float]]) -> float | None:
+    """Median time from a call's first kernel start to its last kernel end (the calls' kernels split
+    evenly in time order): span minus busy is the GPU idling between one call's kernels (launch gaps,
+    graph node gaps); wall minus span is host work before and after them."""
+    if not kernels or len(kernels) % CALLS:
+        return None
+    kernels.sort()
+    per_call = len(kernels) // CALLS
+    spans = [max(end for _, end in kernels[i:i + per_call]) - kernels[i][0] for i in range(0, len(kernels), per_call)]
+    return statistics.median(spans) / 1e3
+
+
 def profile_system(forward, batch, device) -> dict:
     for _ in range(5):
         forward(batch)
@@ -61,16 +74,19 @@ def profile_system(forward, batch, device) -> dict:
         wall_s = (time.perf_counter() - start) / CALLS
     gpu_us: dict[str, float] = defaultdict(float)
     launches: dict[str, int] = defaultdict(int)
+    kernels = []
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA and event.device_time > 0:
             label = family(event.name)
             gpu_us[label] += event.device_time / CALLS
             launches[label] += 1
+            kernels.append((event.time_range.start, event.time_range.end))
     busy_ms = sum(gpu_us.values()) / 1e3
     return {
         "wall_ms": wall_s * 1e3,
         "gpu_busy_ms": busy_ms,
         "gpu_busy_share": busy_ms / (wall_s * 1e3),
+        "gpu_span_ms": gpu_span_ms(kernels),
         "kernels_per_call": sum(launches.values()) / CALLS,
         "gpu_ms_by_family": {k: v / 1e3 for k, v in sorted(gpu_us.items(), key=lambda kv: -kv[1])},
     }
@@ -104,7 +120,9 @@ def main(argv=None) -> int:
                                   real_tokens=batch.real_tokens)
                     results["profiles"].append(record)
                     parts = ", ".join(f"{k} {v:.3f}" for k, v in record["gpu_ms_by_family"].items())
-                    print(f"{model_name} {dtype_name} {workload} {system}: wall {record['wall_ms']:.3f} ms, GPU busy "
+                    span = record["gpu_span_ms"]
+                    print(f"{model_name} {dtype_name} {workload} {system}: wall {record['wall_ms']:.3f} ms, GPU span "
+                          f"{'-' if span is None else f'{span:.3f}'} ms, GPU busy "
                           f"{record['gpu_busy_ms']:.3f} ms ({record['gpu_busy_share']:.0%}), "
                           f"{record['kernels_per_call']:.0f} kernels | {parts}", flush=True)
     out = args.out or Path(__file__).resolve().parent / "results" / (
