@@ -4,7 +4,8 @@
 // tiles spend most of their work on rows past a short sequence's end (the profile showed 47 us per
 // bert-base layer at 128 sequences of 8..128 tokens, 15% of the forward). Here a CTA takes 64 queries
 // of one head of one sequence, steps over that sequence's keys 64 at a time with an online softmax
-// (tensor-core mma.sync, float32 accumulation and softmax), and never touches another sequence's rows.
+// (tensor-core mma.sync, float32 accumulation and softmax; the next 64 keys load while these are used),
+// and never touches another sequence's rows.
 #include "kernels.h"
 
 #include <ATen/ATen.h>
@@ -36,8 +37,14 @@ __device__ __forceinline__ void copy_16_async(void* dst, const void* src, bool v
                "r"(valid ? 16 : 0));
 }
 
+__device__ __forceinline__ void commit_async_copies() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+// Waits until at most `kPending` of the committed groups are still in flight (the newest ones).
+template <int kPending>
 __device__ __forceinline__ void wait_async_copies() {
-  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
 // Four 8x8 16-bit matrices from shared memory; lane i gives the address of row i % 8 of matrix i / 8.
@@ -96,8 +103,8 @@ __global__ void __launch_bounds__(kThreads) packed_attention_kernel(
   constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
   extern __shared__ uint4 shared_storage[];
   scalar_t* q_tile = reinterpret_cast<scalar_t*>(shared_storage);
-  scalar_t* k_tile = q_tile + kTile * kPitch;
-  scalar_t* v_tile = k_tile + kTile * kPitch;
+  // Two buffers of keys and values: the next step's rows load while this step's are used.
+  scalar_t* const kv_tiles = q_tile + kTile * kPitch;  // [buffer][K, V][kTile][kPitch]
 
   const int start = cu_seqlens[blockIdx.z];
   const int len = cu_seqlens[blockIdx.z + 1] - start;
@@ -128,14 +135,15 @@ __global__ void __launch_bounds__(kThreads) packed_attention_kernel(
   float row_max[2] = {-INFINITY, -INFINITY};
   float row_sum[2] = {0.0f, 0.0f};  // this thread's share; the group's lanes are summed at the end
 
-  load_rows(q_tile, q_rows, q0);
-  for (int k0 = 0; k0 < len; k0 += kTile) {
-    if (k0 > 0) __syncthreads();  // every warp is done with the previous keys
-    load_rows(k_tile, k_rows, k0);
-    load_rows(v_tile, v_rows, k0);
-    wait_async_copies();
-    __syncthreads();
-    if (!warp_has_rows) continue;  // still takes part in every load and barrier
+  auto load_step = [&](int step) {
+    scalar_t* k_tile = kv_tiles + (step % 2) * 2 * kTile * kPitch;
+    load_rows(k_tile, k_rows, step * kTile);
+    load_rows(k_tile + kTile * kPitch, v_rows, step * kTile);
+    commit_async_copies();
+  };
+
+  // This warp's 16 queries against keys [k0, k0 + 64) of the sequence, folded into out / row_max / row_sum.
+  auto attend_step = [&](const scalar_t* k_tile, const scalar_t* v_tile, int k0) {
     if (k0 == 0) {
       for (int kk = 0; kk < kHeadDim / 16; ++kk) {
         load_matrices(q_frag[kk], q_tile + (warp_row + lane % 16) * kPitch + kk * 16 + (lane / 16) * 8);
@@ -211,6 +219,25 @@ __global__ void __launch_bounds__(kThreads) packed_attention_kernel(
         mma_16x8x16<scalar_t>(out[d + 1], p, v_frag[2], v_frag[3]);
       }
     }
+  };
+
+  const int steps = (len + kTile - 1) / kTile;
+  load_rows(q_tile, q_rows, q0);
+  load_step(0);  // one group with Q
+  if (steps > 1) load_step(1);
+  for (int step = 0; step < steps; ++step) {
+    if (step + 1 < steps) {
+      wait_async_copies<1>();  // this step's group has landed; the next one may still be in flight
+    } else {
+      wait_async_copies<0>();
+    }
+    __syncthreads();
+    const scalar_t* k_tile = kv_tiles + (step % 2) * 2 * kTile * kPitch;
+    if (warp_has_rows) attend_step(k_tile, k_tile + kTile * kPitch, step * kTile);  // all warps reach each barrier
+    if (step + 2 < steps) {
+      __syncthreads();  // every warp is done with this buffer before it is refilled
+      load_step(step + 2);
+    }
   }
   if (!warp_has_rows) return;
 
@@ -234,7 +261,7 @@ template <typename scalar_t, int kHeadDim>
 void launch(const at::Tensor& qkv, const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t num_heads,
             at::Tensor& context) {
   const auto kernel = packed_attention_kernel<scalar_t, kHeadDim>;
-  constexpr int shared_bytes = 3 * kTile * (kHeadDim + 8) * sizeof(scalar_t);
+  constexpr int shared_bytes = 5 * kTile * (kHeadDim + 8) * sizeof(scalar_t);  // Q, then K and V twice
   if constexpr (shared_bytes > kStaticSharedLimit) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared_bytes));
   }
