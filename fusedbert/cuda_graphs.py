@@ -102,6 +102,8 @@ class _Graph:
         shape = (num_inputs, bucket.batch_size, bucket.seq_len)
         self.staged = torch.zeros(shape, dtype=torch.long, device=device)  # the inputs the replay reads
         self.host = torch.zeros(shape, dtype=torch.long, pin_memory=True)  # CPU inputs go up in one copy
+        self.host_array = self.host.numpy()  # the same memory, written through numpy: a tiny batch's staging
+        # through torch's dispatch took more host time than its whole upload
         self.uploaded = torch.cuda.Event()  # the last upload has finished reading `host`
         self.outputs: tuple[torch.Tensor, ...] = ()
         self.graph = torch.cuda.CUDAGraph()
@@ -111,9 +113,9 @@ class _Graph:
         batch_size, seq_len = inputs[0].shape
         if all(t.device.type == "cpu" for t in inputs):
             self.uploaded.synchronize()
-            self.host.zero_()
-            for row, given in zip(self.host, inputs):
-                row[:batch_size, :seq_len] = given
+            self.host_array.fill(0)
+            for row, given in zip(self.host_array, inputs):
+                row[:batch_size, :seq_len] = given.numpy()
             self.staged.copy_(self.host, non_blocking=True)
             self.uploaded.record()
         else:
@@ -170,19 +172,26 @@ class CudaGraphRunner:
         if len(inputs) != self.num_inputs:
             raise ValueError(f"expected {self.num_inputs} input tensors; got {len(inputs)}")
         batch_size, seq_len = inputs[0].shape
-        mask = inputs[1]
         # The eager op checks mask values itself; inside a graph it cannot (one host check here instead,
         # free for inputs on the CPU, one synchronization for inputs on the GPU).
-        if not bool(((mask == 0) | (mask == 1)).all()):
+        mask_is_binary, real_tokens = _check_mask(inputs[1])
+        if not mask_is_binary:
             raise ValueError("attention_mask values must be 0 or 1")
-        bucket = self.bucket_for(batch_size, seq_len, int(mask.sum()))
+        bucket = self.bucket_for(batch_size, seq_len, real_tokens)
         if bucket is None:
             return _as_tuple(self.forward(*(t.to(self.device) for t in inputs)))
-        with torch.cuda.device(self.device):  # staging and replay run on the graph's device's current stream
+        with self._on_device():  # staging and replay run on the graph's device's current stream
             graph = self._graph(bucket)
             graph.stage(inputs)
             graph.graph.replay()
             return tuple(self._cut(out, batch_size, seq_len).clone() for out in graph.outputs)
+
+    def _on_device(self):
+        # Entering torch.cuda.device costs tens of microseconds of Python per call on a small batch's
+        # latency path; skip it where it would change nothing.
+        if self.device.index is None or self.device.index == torch.cuda.current_device():
+            return contextlib.nullcontext()
+        return torch.cuda.device(self.device)
 
     def _cut(self, out: torch.Tensor, batch_size: int, seq_len: int) -> torch.Tensor:
         return out[:batch_size, :seq_len] if self.token_level else out[:batch_size]
@@ -223,6 +232,15 @@ class CudaGraphRunner:
 
 def _cost(bucket: Bucket) -> tuple[int, int, int]:
     return bucket.token_capacity, bucket.batch_size * bucket.seq_len, bucket.batch_size
+
+
+def _check_mask(mask: torch.Tensor) -> tuple[bool, int]:
+    """Whether every value is 0 or 1, and the number of ones. A CPU mask (what a tokenizer gives) is read
+    through numpy: a few microseconds instead of the tens that torch's dispatch takes on a tiny tensor."""
+    if mask.device.type == "cpu" and mask.dtype != torch.bfloat16:
+        values = mask.numpy()
+        return bool(((values == 0) | (values == 1)).all()), int(values.sum())
+    return bool(((mask == 0) | (mask == 1)).all()), int(mask.sum())
 
 
 def _as_tuple(outputs) -> tuple[torch.Tensor, ...]:

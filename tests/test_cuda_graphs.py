@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fusedbert
-from fusedbert.cuda_graphs import Bucket, CudaGraphRunner, gemm_autotuning, parse_buckets
+from fusedbert.cuda_graphs import Bucket, CudaGraphRunner, _check_mask, gemm_autotuning, parse_buckets
 from fusedbert.tasks import TracedTaskModule, load_model
 from parity_support import max_diff_at_real_tokens, random_batch
 
@@ -49,6 +49,18 @@ def test_bucket_choice_takes_the_fewest_token_rows_that_hold_the_batch():
     assert runner.bucket_for(9, 100, 1025) is None  # more real tokens than any capacity
     assert runner.bucket_for(33, 10, 40) is None
     assert runner.bucket_for(1, 129, 129) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool, torch.float16, torch.bfloat16],
+                         ids=str)
+def test_mask_check_counts_real_tokens_and_catches_other_values(dtype):
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]]).to(dtype)
+    assert _check_mask(mask) == (True, 3)
+    assert _check_mask(mask.t()) == (True, 3)  # strided
+    if dtype != torch.bool:
+        assert _check_mask(torch.tensor([[1, 2, 0]]).to(dtype))[0] is False
+    if dtype.is_floating_point:
+        assert _check_mask(torch.tensor([[1.0, 0.5]]).to(dtype))[0] is False
 
 
 def test_runner_refuses_a_cpu_device():
