@@ -91,7 +91,7 @@ def test_random_bert_shapes(shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("activation", ["gelu_new", "relu"])
+@pytest.mark.parametrize("activation", ["gelu", "gelu_new", "relu"])
 def test_epilogue_activations(activation, dtype):
     # gelu_new and relu run in cuBLASLt's epilogue; the exact erf GELU in the kernel after the GEMM.
     torch.manual_seed(0)

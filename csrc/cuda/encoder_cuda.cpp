@@ -66,9 +66,18 @@ at::Tensor self_attention(
   return std::get<0>(result).reshape({rows, width});
 }
 
+Epilogue activation_epilogue(Activation activation) {
+  switch (activation) {
+    case Activation::GeluErf: return Epilogue::BiasGeluErf;
+    case Activation::GeluTanh: return Epilogue::BiasGeluTanh;
+    case Activation::Relu: return Epilogue::BiasRelu;
+  }
+  TORCH_CHECK(false, "fusedbert::encoder (CUDA): unknown activation");
+}
+
 // One post-LN BERT layer on rows x [rows, H]:
 //   x = LN1(x + O(attn(QKV(x)))),  x = LN2(x + FFN2(act(FFN1(x))))
-// The QKV bias and FFN1's bias (+ tanh GELU or ReLU) run in the GEMM epilogue; the output projections'
+// The QKV bias and FFN1's bias + activation go with their GEMMs (see linear()); the output projections'
 // biases fold into the residual + LayerNorm kernel.
 at::Tensor run_layer(
     const at::Tensor& x, at::TensorList weights, int64_t layer, const EncoderDims& dims, double eps,
@@ -86,18 +95,7 @@ at::Tensor run_layer(
   bias_residual_layernorm_(attn, w(kAttnOutBias), x, w(kLn1Weight), w(kLn1Bias), eps);
 
   at::Tensor inner = at::empty({rows, dims.intermediate}, x.options());
-  switch (dims.activation) {
-    case Activation::GeluErf:
-      linear(inner, attn, w(kFfn1Weight), {}, Epilogue::None, workspace);
-      bias_activation_(inner, w(kFfn1Bias), Activation::GeluErf);
-      break;
-    case Activation::GeluTanh:
-      linear(inner, attn, w(kFfn1Weight), w(kFfn1Bias), Epilogue::BiasGeluTanh, workspace);
-      break;
-    case Activation::Relu:
-      linear(inner, attn, w(kFfn1Weight), w(kFfn1Bias), Epilogue::BiasRelu, workspace);
-      break;
-  }
+  linear(inner, attn, w(kFfn1Weight), w(kFfn1Bias), activation_epilogue(dims.activation), workspace);
   at::Tensor out = at::empty({rows, width}, x.options());
   linear(out, inner, w(kFfn2Weight), {}, Epilogue::None, workspace);
   bias_residual_layernorm_(out, w(kFfn2Bias), attn, w(kLn2Weight), w(kLn2Bias), eps);

@@ -84,6 +84,7 @@ cublasLtEpilogue_t cublaslt_epilogue(Epilogue epilogue) {
     case Epilogue::Bias: return CUBLASLT_EPILOGUE_BIAS;
     case Epilogue::BiasRelu: return CUBLASLT_EPILOGUE_RELU_BIAS;
     case Epilogue::BiasGeluTanh: return CUBLASLT_EPILOGUE_GELU_BIAS;
+    case Epilogue::BiasGeluErf: break;  // not a cuBLASLt epilogue: linear() adds bias and GELU after the GEMM
   }
   return CUBLASLT_EPILOGUE_DEFAULT;
 }
@@ -236,6 +237,11 @@ void linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, con
             const at::Tensor& workspace) {
   const int64_t tokens = in.size(0);
   if (tokens == 0) return;
+  if (epilogue == Epilogue::BiasGeluErf) {
+    linear(out, in, weight, {}, Epilogue::None, workspace);
+    bias_activation_(out, bias, Activation::GeluErf);
+    return;
+  }
   const bool has_bias = epilogue != Epilogue::None;
   const PlanKey key{in.scalar_type(),
                     weight.size(0),

@@ -11,8 +11,11 @@ enum class Epilogue {
   Bias,      // out = in @ weight^T + bias
   BiasRelu,  // out = relu(in @ weight^T + bias)
   // out = gelu_tanh(in @ weight^T + bias): cuBLASLt's GELU epilogue is the tanh approximation, so this
-  // serves gelu_new / gelu_pytorch_tanh only; the exact erf GELU goes through bias_activation_.
+  // serves gelu_new / gelu_pytorch_tanh only.
   BiasGeluTanh,
+  // out = gelu_erf(in @ weight^T + bias), BERT's exact GELU: no cuBLASLt epilogue computes it, so the
+  // GEMM is followed by bias_activation_.
+  BiasGeluErf,
 };
 
 // Scratch space for cuBLASLt's algorithms, allocated once per encoder call from the caching allocator.
