@@ -60,7 +60,8 @@ TORCH_LIBRARY(fusedbert, m) {
       "encoder(Tensor hidden, Tensor attention_mask, Tensor[] weights, int num_heads, float layer_norm_eps, "
       "str activation, bool remove_padding) -> Tensor");
   // CUDA only, float16/bfloat16, head size 32/64/128: the encoder's attention over packed sequences
-  // (csrc/cuda/kernels.h), exposed for tests and benchmarks. qkv: [rows, 3H]; cu_seqlens: [B + 1] int32.
+  // (csrc/cuda/kernels.h), exposed for tests and benchmarks. qkv: [rows, 3H]; cu_seqlens: [B + 1] int32,
+  // non-decreasing from 0 to at most rows (trusted, as the encoder builds it: not read back to check).
   m.def("packed_attention(Tensor qkv, Tensor cu_seqlens, int max_seqlen, int num_heads) -> Tensor");
   m.def("build_info() -> str", &fusedbert::build_info);
   // Returns the previous setting. Off by default: timing costs milliseconds per new shape, which a server
