@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -129,17 +130,22 @@ class EncodedBatch:
 def pad_to_longest(tokenizer, columns: dict[str, list[list[int]]]) -> dict[str, torch.Tensor]:
     """Each model input's rows padded to the longest row, as one int64 tensor: what
     ``tokenizer.pad(..., padding="longest", return_tensors="pt")`` gives (the tokenizer's padding side and
-    pad values), in one list comprehension per input instead of its per-row Python work, which took a
-    third of a batch's tokenizing time."""
+    pad values). Each row is written into a filled numpy array: tokenizer.pad's per-row Python work took a
+    third of a batch's tokenizing time, and torch.tensor on padded lists still 1.6 ms for 16 rows here,
+    against 0.25 ms this way."""
     longest = max(len(row) for row in columns["input_ids"])
     pad_values = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0,
                   "token_type_ids": tokenizer.pad_token_type_id}
     left = tokenizer.padding_side == "left"
     padded = {}
     for key, rows in columns.items():
-        fill = pad_values[key]
-        padded[key] = torch.tensor([[fill] * (longest - len(row)) + row if left else row + [fill] * (longest - len(row))
-                                    for row in rows], dtype=torch.long)
+        array = np.full((len(rows), longest), pad_values[key], dtype=np.int64)
+        for i, row in enumerate(rows):
+            if left:
+                array[i, longest - len(row):] = row
+            else:
+                array[i, :len(row)] = row
+        padded[key] = torch.from_numpy(array)
     return padded
 
 
