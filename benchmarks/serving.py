@@ -87,6 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--gpus", type=int, default=1, help="--device cuda: one worker per GPU on GPUs 0..N-1")
+    parser.add_argument("--workers-per-gpu", type=int, default=1,
+                        help="--device cuda: workers per GPU, for both archives alike; one worker's tokenizing and "
+                             "protocol work then overlaps another's GPU work (default: %(default)s)")
     parser.add_argument("--mode", default="sequence_classification",
                         help="a folder of configs/ whose setup_config.json both archives start from")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default: fp32 on CPU, fp16 on CUDA")
@@ -114,8 +117,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--device cuda, but torch sees no CUDA device")
     if args.gpus < 1 or (args.device == "cuda" and args.gpus > torch.cuda.device_count()):
         parser.error(f"--gpus {args.gpus}: this host has {torch.cuda.device_count()} CUDA device(s)")
-    if args.device == "cpu" and args.gpus != 1:
-        parser.error("--gpus needs --device cuda")
+    if args.device == "cpu" and (args.gpus != 1 or args.workers_per_gpu != 1):
+        parser.error("--gpus and --workers-per-gpu need --device cuda")
+    if args.workers_per_gpu < 1:
+        parser.error("--workers-per-gpu must be >= 1")
     args.dtype = args.dtype or ("fp16" if args.device == "cuda" else "fp32")
     return args
 
@@ -130,7 +135,9 @@ def model_config(args: argparse.Namespace) -> dict:
     if args.max_batch_delay is not None:
         config["maxBatchDelay"] = args.max_batch_delay
     if args.device == "cuda":
-        config.update(deviceType="gpu", deviceIds=list(range(args.gpus)), minWorkers=args.gpus, maxWorkers=args.gpus)
+        # TorchServe hands GPUs to workers round-robin over deviceIds.
+        workers = args.gpus * args.workers_per_gpu
+        config.update(deviceType="gpu", deviceIds=list(range(args.gpus)), minWorkers=workers, maxWorkers=workers)
     else:
         config.update(deviceType="cpu", minWorkers=1, maxWorkers=1)
         config.pop("deviceIds", None)
@@ -422,7 +429,8 @@ def main(argv=None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     date = datetime.date.today().strftime("%Y%m%d")
     gpus = f"-x{args.gpus}" if args.device == "cuda" and args.gpus > 1 else ""
-    stem = f"serving-{args.device}{gpus}-{slug(header['device_name'])}-{date}"
+    workers = f"-w{args.workers_per_gpu}" if args.workers_per_gpu > 1 else ""
+    stem = f"serving-{args.device}{gpus}{workers}-{slug(header['device_name'])}-{date}"
     (args.out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_serving(result, args.out_dir / f"{stem}.png")
     if ratios:

@@ -1,8 +1,12 @@
-"""The accuracy report runs end to end on a few sentences and writes its table and JSON (no timing)."""
+"""The accuracy report runs end to end on a few sentences and writes its table and JSON; the serving
+benchmark's pieces that need no server (no timing)."""
 
 from __future__ import annotations
 
+import argparse
 import json
+
+import pytest
 
 from benchmarks import accuracy
 
@@ -42,3 +46,15 @@ def test_serving_benchmark_reads_handler_metrics_once_per_batch_of_its_model(tmp
     batches = serving.handler_metrics(log, len(before), "fused")
 
     assert batches == [{"ModelTime": 12.5, "PredictionTime": 14.0, "BatchSize": 2.0}, {"ModelTime": 7.25}]
+
+
+@pytest.mark.parametrize("gpus, workers_per_gpu", [(1, 1), (1, 3), (2, 2)])
+def test_serving_model_config_places_workers_per_gpu(gpus, workers_per_gpu):
+    from benchmarks import serving
+
+    args = argparse.Namespace(device="cuda", gpus=gpus, workers_per_gpu=workers_per_gpu, batch_size=8,
+                              max_batch_delay=1)
+    config = serving.model_config(args)
+    assert config["deviceIds"] == list(range(gpus))
+    assert config["minWorkers"] == config["maxWorkers"] == gpus * workers_per_gpu
+    assert (config["batchSize"], config["maxBatchDelay"]) == (8, 1)
