@@ -25,7 +25,7 @@ import torch
 
 import fusedbert  # noqa: F401  (loads the op library)
 
-from .encoder import DTYPES, device_name, slug
+from .encoder import DTYPES, default_result_path, device_name
 from .measure import Summary, time_interleaved
 from .workloads import MODEL_SHAPES, WORKLOADS, make_batch
 
@@ -87,8 +87,7 @@ def main(argv=None) -> int:
                 results["records"].append(record)
                 print(f"{model} {dtype_name} {workload}: fusedbert {us['fusedbert']:.1f} us, flash varlen "
                       f"{us['flash_varlen']:.1f} us ({record['flash_over_fusedbert']:.2f}x)", flush=True)
-    out = args.out or Path(__file__).resolve().parent / "results" / (
-        f"attention-{slug(results['device'])}-{datetime.date.today():%Y%m%d}.json")
+    out = args.out or default_result_path("attention", results["device"])
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {out}")
     return 0

@@ -85,6 +85,11 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def default_result_path(kind: str, device: str) -> Path:
+    """benchmarks/results/<kind>-<device slug>-<YYYYMMDD>.json: where a benchmark writes without --out."""
+    return Path(__file__).resolve().parent / "results" / f"{kind}-{slug(device)}-{datetime.date.today():%Y%m%d}.json"
+
+
 def run_header(device: torch.device, args: argparse.Namespace) -> dict:
     header = {
         "device": device_name(device),
@@ -265,8 +270,7 @@ def main() -> int:
           + ", ".join(f"{k} {v['tflops']:.2f} TFLOP/s" for k, v in header["gemm_peak"].items()))
     header["weights"] = {}
     records, floors, skipped = [], [], []
-    out = args.out or Path(__file__).resolve().parent / "results" / (
-        f"encoder-{device.type}-{slug(header['device'])}-{datetime.date.today():%Y%m%d}.json")
+    out = args.out or default_result_path(f"encoder-{device.type}", header["device"])
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # after every cell, so that an interrupted run keeps what it measured

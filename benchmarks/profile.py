@@ -29,7 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import fusedbert
 
-from .encoder import DTYPES, device_name, slug
+from .encoder import DTYPES, default_result_path, device_name
 from .systems import GraphedFusedEncoder, hf_forward, hf_model
 from .workloads import WORKLOADS, load_model, make_batch
 
@@ -125,8 +125,7 @@ def main(argv=None) -> int:
                           f"{'-' if span is None else f'{span:.3f}'} ms, GPU busy "
                           f"{record['gpu_busy_ms']:.3f} ms ({record['gpu_busy_share']:.0%}), "
                           f"{record['kernels_per_call']:.0f} kernels | {parts}", flush=True)
-    out = args.out or Path(__file__).resolve().parent / "results" / (
-        f"profile-{slug(results['device'])}-{datetime.date.today():%Y%m%d}.json")
+    out = args.out or default_result_path("profile", results["device"])
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
