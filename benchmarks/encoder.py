@@ -249,7 +249,11 @@ def print_targets(records: list[dict]) -> None:
     print("targets: fusedbert fp32 >= 1.1x best peer on var-length batches; >= 85% of the GEMM-only floor; "
           "bf16 >= 2x fp32 on bert-base")
     for r in fused:
-        parts = [f"{r['ratio_to_best_peer']:.2f}x best peer ({r['best_peer']})", f"{r['floor_share']:.0%} of floor"]
+        parts = []
+        if r["ratio_to_best_peer"] is not None:  # None when the run left every peer out (--systems)
+            parts.append(f"{r['ratio_to_best_peer']:.2f}x best peer ({r['best_peer']})")
+        if r["floor_share"] is not None:
+            parts.append(f"{r['floor_share']:.0%} of floor")
         if "speedup_over_fp32" in r:
             parts.append(f"{r['speedup_over_fp32']:.2f}x fp32")
         print(f"  {r['system']} {r['model']} {r['dtype']} {r['workload']}: " + ", ".join(parts))
