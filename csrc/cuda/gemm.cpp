@@ -166,8 +166,9 @@ class Plan {
   // weights come from HBM as in the forward, where a layer's weights are evicted by the other layers'
   // before their next use: timed back to back, a GEMM finds its weights in L2 and the choice favors
   // kernels that are fast only then (seen on the H100 at bs1x128: 0.292 ms of GEMMs per forward tuned
-  // hot, 0.259 the heuristic's first choice, 0.256 tuned cold). A spin kernel holds the stream while the runs are queued, so the
-  // events time the GPU's work, not the host's launch rate: a graph replay has no launch cost either.
+  // hot, 0.259 the heuristic's first choice, 0.256 tuned cold). A spin kernel holds the stream while the
+  // runs are queued, so the events time the GPU's work, not the host's launch rate: a graph replay has no
+  // launch cost either.
   void tune(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& workspace) {
     tuned_ = true;
     if (candidates_.size() < 2) return;
