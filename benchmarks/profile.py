@@ -37,6 +37,8 @@ from .workloads import WORKLOADS, load_model, make_batch
 # types. cuBLASLt's Hopper kernels are named sm90_xmma*/nvjet*/cutlass*.
 FAMILIES = (
     ("attention", re.compile(r"flash|fmha|attention", re.I)),
+    # FFN1 with bias + erf-GELU in its epilogue (csrc/cuda/sm90_gemm.h): a GEMM doing the GELU pass's work.
+    ("gemm_bias_gelu", re.compile(r"BiasEltAct", re.I)),
     ("gemm", re.compile(r"gemm|nvjet|xmma|cutlass|cublas", re.I)),
     ("layernorm", re.compile(r"layernorm", re.I)),
     ("bias_activation", re.compile(r"bias_activation", re.I)),

@@ -3,8 +3,12 @@
 
 #include <atomic>
 #include <string>
+#include <vector>
 
 #include "settings.h"
+#ifdef FUSEDBERT_WITH_CUDA
+#include "cuda/gemm.h"
+#endif
 
 #ifndef FUSEDBERT_TORCH_VERSION
 #error "setup.py defines FUSEDBERT_TORCH_VERSION (the torch this library is compiled against)"
@@ -40,6 +44,14 @@ int64_t set_capture_token_capacity(int64_t rows) {
   return token_capacity.exchange(rows);
 }
 
+std::vector<std::string> linear_bias_gelu_kernels() {
+#ifdef FUSEDBERT_WITH_CUDA
+  return cuda::bias_gelu_kernels();
+#else
+  return {};
+#endif
+}
+
 }  // namespace
 
 bool gemm_autotuning_enabled() {
@@ -63,6 +75,13 @@ TORCH_LIBRARY(fusedbert, m) {
   // (csrc/cuda/kernels.h), exposed for tests and benchmarks. qkv: [rows, 3H]; cu_seqlens: [B + 1] int32,
   // non-decreasing from 0 to at most rows (trusted, as the encoder builds it: not read back to check).
   m.def("packed_attention(Tensor qkv, Tensor cu_seqlens, int max_seqlen, int num_heads) -> Tensor");
+  // CUDA only: the FFN's first GEMM with bias and erf-GELU, out[T, N] = gelu(input[T, K] @ weight[N, K]^T + bias[N]),
+  // by one named implementation of those linear_bias_gelu_kernels() lists (empty on a CPU-only build):
+  // "cublaslt" (GEMM, then a bias + GELU kernel) and, on builds with CUTLASS, Hopper kernels with the bias
+  // and GELU in their epilogue. The encoder times them per shape and takes the fastest; exposed for tests
+  // and benchmarks.
+  m.def("linear_bias_gelu(Tensor input, Tensor weight, Tensor bias, str kernel) -> Tensor");
+  m.def("linear_bias_gelu_kernels() -> str[]", &fusedbert::linear_bias_gelu_kernels);
   m.def("build_info() -> str", &fusedbert::build_info);
   // Returns the previous setting. Off by default: timing costs milliseconds per new shape, which a server
   // meeting many token counts should not pay; CUDA graph warm-up (fixed shapes) turns it on. No effect on CPU.

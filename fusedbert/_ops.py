@@ -36,6 +36,14 @@ def _packed_attention_fake(qkv, cu_seqlens, max_seqlen, num_heads):
     return qkv.new_empty(qkv.shape[0], qkv.shape[1] // 3)
 
 
+@torch.library.register_fake("fusedbert::linear_bias_gelu")
+def _linear_bias_gelu_fake(input, weight, bias, kernel):
+    torch._check(input.dim() == 2 and weight.dim() == 2 and input.shape[1] == weight.shape[1],
+                 lambda: f"fusedbert::linear_bias_gelu: input [tokens, k] and weight [n, k] do not match: "
+                         f"{tuple(input.shape)}, {tuple(weight.shape)}")
+    return input.new_empty(input.shape[0], weight.shape[0])
+
+
 def _setup_context(ctx, inputs, output):
     hidden, attention_mask, weights, num_heads, layer_norm_eps, activation, _ = inputs
     ctx.save_for_backward(hidden, attention_mask, *weights)

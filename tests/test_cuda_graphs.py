@@ -89,7 +89,10 @@ def as_inputs(batch, device="cpu"):
 
 # Awkward batches, each smaller than its bucket in batch size and/or length.
 GRAPH_BATCHES = {"one_token": [1], "equal": [16, 16, 16], "one_long_many_short": [32, 1, 2, 3, 1, 2],
-                 "bucket_exact": [64] * 4, "token_capacity_exact": [64, 64, 64, 60, 1, 1, 1, 1]}
+                 "bucket_exact": [64] * 4, "token_capacity_exact": [64, 64, 64, 60, 1, 1, 1, 1],
+                 # enough rows that the capture holds the large-batch GEMMs (on Hopper, the fused FFN1 + GELU)
+                 "over_a_thousand_tokens": [128] * 10 + [37] * 6}
+GRAPH_BUCKETS = [[1, 16], [4, 64], [8, 64, 256], [16, 128, 1536]]
 
 
 @pytest.mark.cuda
@@ -97,8 +100,7 @@ GRAPH_BATCHES = {"one_token": [1], "equal": [16, 16, 16], "one_long_many_short":
 @pytest.mark.parametrize("lengths", GRAPH_BATCHES.values(), ids=GRAPH_BATCHES.keys())
 def test_replay_matches_eager_at_real_tokens(minilm_path, lengths, dtype):
     task = fused_task(minilm_path, dtype)
-    runner = CudaGraphRunner(last_hidden(task), parse_buckets([[1, 16], [4, 64], [8, 64, 256]]), DEVICE,
-                             token_level=True)
+    runner = CudaGraphRunner(last_hidden(task), parse_buckets(GRAPH_BUCKETS), DEVICE, token_level=True)
     batch = random_batch(VOCAB, lengths)
     got = runner(*as_inputs(batch))[0]
     with torch.no_grad():

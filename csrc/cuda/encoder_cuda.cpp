@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <string>
 
 namespace fusedbert::cuda {
 namespace {
@@ -159,10 +160,27 @@ at::Tensor packed_attention_op(const at::Tensor& qkv, const at::Tensor& cu_seqle
   return packed_attention(qkv.contiguous(), cu_seqlens, max_seqlen, num_heads);
 }
 
+at::Tensor linear_bias_gelu_op(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                               c10::string_view kernel) {
+  TORCH_CHECK(input.dim() == 2 && weight.dim() == 2 && bias.dim() == 1 && input.size(1) == weight.size(1) &&
+                  bias.size(0) == weight.size(0),
+              "fusedbert::linear_bias_gelu: input must be [tokens, k], weight [n, k] and bias [n]; got ", input.sizes(),
+              ", ", weight.sizes(), " and ", bias.sizes());
+  TORCH_CHECK(weight.scalar_type() == input.scalar_type() && bias.scalar_type() == input.scalar_type() &&
+                  weight.device() == input.device() && bias.device() == input.device(),
+              "fusedbert::linear_bias_gelu: input, weight and bias must share one dtype and device");
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  const at::Tensor in = input.contiguous(), w = weight.contiguous(), b = bias.contiguous();
+  at::Tensor out = at::empty({in.size(0), w.size(0)}, in.options());
+  linear_bias_gelu(out, in, w, b, std::string(kernel), gemm_workspace(in));
+  return out;
+}
+
 }  // namespace
 }  // namespace fusedbert::cuda
 
 TORCH_LIBRARY_IMPL(fusedbert, CUDA, m) {
+  m.impl("linear_bias_gelu", &fusedbert::cuda::linear_bias_gelu_op);
   m.impl("encoder", &fusedbert::cuda::encoder_cuda);
   m.impl("packed_attention", &fusedbert::cuda::packed_attention_op);
 }

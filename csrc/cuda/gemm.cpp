@@ -6,17 +6,21 @@
 #include <ATen/cuda/Exceptions.h>
 #include <ATen/cuda/Sleep.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/util/StringUtil.h>
 #include <cublasLt.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <limits>
 #include <memory>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "../settings.h"
 #include "kernels.h"
+#include "sm90_gemm.h"
 
 namespace fusedbert::cuda {
 namespace {
@@ -95,6 +99,38 @@ LayoutPtr column_major(cudaDataType_t dtype, int64_t rows, int64_t cols) {
   return LayoutPtr(layout);
 }
 
+// GPU time of kTimedRuns runs of `launch` (false: it could not run; then infinity), each after a write over
+// twice the L2 cache, so the weights come from HBM as in the forward, where a layer's weights are evicted
+// by the other layers' before their next use: timed back to back, a GEMM finds its weights in L2 and the
+// choice favors kernels that are fast only then (seen on the H100 at bs1x128: 0.292 ms of GEMMs per
+// forward tuned hot, 0.259 the heuristic's first choice, 0.256 tuned cold). A spin kernel holds the
+// stream while the runs are queued, so the events time the GPU's work, not the host's launch rate: a
+// graph replay has no launch cost either. The first launch is the warm-up.
+float cold_cache_ms(const std::function<bool()>& launch, const at::Tensor& like) {
+  if (!launch()) return std::numeric_limits<float>::infinity();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t flush_bytes = 2 * static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->l2CacheSize);
+  const at::Tensor flush = at::empty({flush_bytes}, like.options().dtype(at::kByte));
+  std::vector<cudaEvent_t> events(2 * kTimedRuns);
+  for (cudaEvent_t& event : events) C10_CUDA_CHECK(cudaEventCreate(&event));
+  at::cuda::sleep(int64_t{1} << 18);  // ~0.15 ms of spinning: longer than queueing the first timed run
+  for (int i = 0; i < kTimedRuns; ++i) {
+    C10_CUDA_CHECK(cudaMemsetAsync(flush.data_ptr(), i, static_cast<size_t>(flush_bytes), stream));
+    C10_CUDA_CHECK(cudaEventRecord(events[2 * i], stream));
+    TORCH_CHECK(launch(), "fusedbert::encoder (CUDA): a GEMM that ran once failed when timed");
+    C10_CUDA_CHECK(cudaEventRecord(events[2 * i + 1], stream));
+  }
+  C10_CUDA_CHECK(cudaEventSynchronize(events.back()));
+  float total_ms = 0.0f;
+  for (int i = 0; i < kTimedRuns; ++i) {
+    float ms = 0.0f;
+    C10_CUDA_CHECK(cudaEventElapsedTime(&ms, events[2 * i], events[2 * i + 1]));
+    total_ms += ms;
+  }
+  for (cudaEvent_t event : events) C10_CUDA_CHECK(cudaEventDestroy(event));
+  return total_ms;
+}
+
 // Row-major out[n, m] = in[n, k] @ weight[m, k]^T, read column-major, is D[m, n] = op(A) B with
 // A = weight stored [k, m] (op = transpose), B = in stored [k, n] and D = out stored [m, n]: nn.Linear's
 // layout feeds cuBLASLt with no copy, and the bias runs along D's m rows as the epilogue expects.
@@ -162,44 +198,19 @@ class Plan {
   }
 
   // Times every candidate on the call's own buffers (their results are overwritten by the real run that
-  // follows) and keeps the fastest. Each timed run comes after a write over twice the L2 cache, so the
-  // weights come from HBM as in the forward, where a layer's weights are evicted by the other layers'
-  // before their next use: timed back to back, a GEMM finds its weights in L2 and the choice favors
-  // kernels that are fast only then (seen on the H100 at bs1x128: 0.292 ms of GEMMs per forward tuned
-  // hot, 0.259 the heuristic's first choice, 0.256 tuned cold). A spin kernel holds the stream while the
-  // runs are queued, so the events time the GPU's work, not the host's launch rate: a graph replay has no
-  // launch cost either.
+  // follows) and keeps the fastest.
   void tune(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& workspace) {
     tuned_ = true;
     if (candidates_.size() < 2) return;
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    const int64_t flush_bytes = 2 * static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->l2CacheSize);
-    const at::Tensor flush = at::empty({flush_bytes}, in.options().dtype(at::kByte));
-    std::vector<cudaEvent_t> events(2 * kTimedRuns);
-    for (cudaEvent_t& event : events) C10_CUDA_CHECK(cudaEventCreate(&event));
     float best_ms = std::numeric_limits<float>::infinity();
     for (const cublasLtMatmulAlgo_t& algo : candidates_) {
-      if (matmul(algo, out, in, weight, workspace) != CUBLAS_STATUS_SUCCESS) continue;  // also the warm-up run
-      at::cuda::sleep(int64_t{1} << 18);  // ~0.15 ms of spinning: longer than queueing the first timed run
-      for (int i = 0; i < kTimedRuns; ++i) {
-        C10_CUDA_CHECK(cudaMemsetAsync(flush.data_ptr(), i, static_cast<size_t>(flush_bytes), stream));
-        C10_CUDA_CHECK(cudaEventRecord(events[2 * i], stream));
-        TORCH_CUDABLAS_CHECK(matmul(algo, out, in, weight, workspace));
-        C10_CUDA_CHECK(cudaEventRecord(events[2 * i + 1], stream));
-      }
-      C10_CUDA_CHECK(cudaEventSynchronize(events.back()));
-      float total_ms = 0.0f;
-      for (int i = 0; i < kTimedRuns; ++i) {
-        float ms = 0.0f;
-        C10_CUDA_CHECK(cudaEventElapsedTime(&ms, events[2 * i], events[2 * i + 1]));
-        total_ms += ms;
-      }
-      if (total_ms < best_ms) {
-        best_ms = total_ms;
+      const float ms = cold_cache_ms(
+          [&] { return matmul(algo, out, in, weight, workspace) == CUBLAS_STATUS_SUCCESS; }, in);
+      if (ms < best_ms) {
+        best_ms = ms;
         algo_ = algo;
       }
     }
-    for (cudaEvent_t event : events) C10_CUDA_CHECK(cudaEventDestroy(event));
   }
 
   bool has_bias_;
@@ -228,6 +239,86 @@ int64_t common_alignment(std::initializer_list<const void*> pointers) {
   return static_cast<int64_t>(bits & (~bits + 1));  // lowest set bit
 }
 
+// From this many tokens the CUTLASS kernel runs until the shape is timed (autotuning on), which then decides
+// among every kernel. Measured on an H200 (benchmarks/ffn_gemm.py, bert-base's FFN1): at 8,990 tokens it
+// beats cuBLASLt + the bias + GELU pass by 10%; at 2,172 it loses by 10%, and at 128 or fewer it takes twice
+// as long (its 128 x 256 tiles leave most SMs idle where cuBLASLt's small-M kernels split K).
+constexpr int64_t kSm90MinTokens = 4096;
+constexpr int kUnfused = -1;  // cuBLASLt's GEMM, then bias_activation_
+constexpr int kSm90Default = 0;
+
+bool sm90_bias_gelu_applies(const PlanKey& key) {
+  if (sm90::kernel_count() == 0 || (key.dtype != at::kHalf && key.dtype != at::kBFloat16)) return false;
+  const cudaDeviceProp* device = at::cuda::getCurrentDeviceProperties();
+  // sm_90a code runs on compute capability 9.0 alone; TMA wants 16-byte aligned rows and bases.
+  return device->major == 9 && device->minor == 0 && key.m % 8 == 0 && key.k % 8 == 0 && key.alignment >= 16;
+}
+
+void run_bias_gelu(int kernel, at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
+                   const at::Tensor& workspace) {
+  if (kernel == kUnfused) {
+    linear(out, in, weight, {}, Epilogue::None, workspace);
+    bias_activation_(out, bias, Activation::GeluErf);
+    return;
+  }
+  const char* error = sm90::linear_bias_gelu(
+      kernel, in.scalar_type() == at::kHalf ? sm90::Element::Half : sm90::Element::BFloat16, in.size(0),
+      weight.size(0), weight.size(1), in.data_ptr(), weight.data_ptr(), bias.data_ptr(), out.data_ptr(),
+      workspace.data_ptr(), static_cast<size_t>(workspace.nbytes()),
+      at::cuda::getCurrentDeviceProperties()->multiProcessorCount, at::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(error == nullptr, "fusedbert::encoder (CUDA): the sm_90 bias + GELU GEMM (", sm90::kernel_name(kernel),
+              ") failed: ", error);
+}
+
+// Per shape, which implementation of FFN1 + bias + erf-GELU runs: kUnfused or an sm90 kernel. Cached per
+// thread like the plans.
+struct GeluChoice {
+  int kernel;
+  bool tuned;
+};
+
+GeluChoice& gelu_choice_for(const PlanKey& key) {
+  constexpr size_t kMaxChoices = 1024;
+  thread_local std::unordered_map<PlanKey, GeluChoice, PlanKeyHash> choices;
+  auto found = choices.find(key);
+  if (found != choices.end()) return found->second;
+  if (choices.size() >= kMaxChoices) choices.clear();
+  return choices.emplace(key, GeluChoice{key.n >= kSm90MinTokens ? kSm90Default : kUnfused, false}).first->second;
+}
+
+// Times the unfused path (its cuBLASLt plan tuned first) and every sm90 kernel on this call's buffers.
+int fastest_bias_gelu(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
+                      const at::Tensor& workspace) {
+  run_bias_gelu(kUnfused, out, in, weight, bias, workspace);
+  int best = kUnfused;
+  float best_ms = std::numeric_limits<float>::infinity();
+  for (int kernel = kUnfused; kernel < sm90::kernel_count(); ++kernel) {
+    const float ms = cold_cache_ms(
+        [&] {
+          run_bias_gelu(kernel, out, in, weight, bias, workspace);
+          return true;
+        },
+        in);
+    if (ms < best_ms) {
+      best_ms = ms;
+      best = kernel;
+    }
+  }
+  return best;
+}
+
+PlanKey plan_key(const at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
+                 Epilogue epilogue) {
+  const bool has_bias = epilogue != Epilogue::None;
+  return {in.scalar_type(),
+          weight.size(0),
+          in.size(0),
+          weight.size(1),
+          epilogue,
+          at::globalContext().allowTF32CuBLAS(),
+          common_alignment({out.data_ptr(), in.data_ptr(), weight.data_ptr(), has_bias ? bias.data_ptr() : nullptr})};
+}
+
 }  // namespace
 
 at::Tensor gemm_workspace(const at::Tensor& like) {
@@ -236,23 +327,35 @@ at::Tensor gemm_workspace(const at::Tensor& like) {
 
 void linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias, Epilogue epilogue,
             const at::Tensor& workspace) {
-  const int64_t tokens = in.size(0);
-  if (tokens == 0) return;
-  if (epilogue == Epilogue::BiasGeluErf) {
-    linear(out, in, weight, {}, Epilogue::None, workspace);
-    bias_activation_(out, bias, Activation::GeluErf);
-    return;
+  if (in.size(0) == 0) return;
+  const PlanKey key = plan_key(out, in, weight, bias, epilogue);
+  if (epilogue != Epilogue::BiasGeluErf) return plan_for(key).run(out, in, weight, bias, workspace);
+  if (!sm90_bias_gelu_applies(key)) return run_bias_gelu(kUnfused, out, in, weight, bias, workspace);
+  GeluChoice& choice = gelu_choice_for(key);
+  if (!choice.tuned && gemm_autotuning_enabled() && !current_stream_is_capturing()) {
+    choice = {fastest_bias_gelu(out, in, weight, bias, workspace), true};
   }
-  const bool has_bias = epilogue != Epilogue::None;
-  const PlanKey key{in.scalar_type(),
-                    weight.size(0),
-                    tokens,
-                    weight.size(1),
-                    epilogue,
-                    at::globalContext().allowTF32CuBLAS(),
-                    common_alignment({out.data_ptr(), in.data_ptr(), weight.data_ptr(),
-                                      has_bias ? bias.data_ptr() : nullptr})};
-  plan_for(key).run(out, in, weight, bias, workspace);
+  run_bias_gelu(choice.kernel, out, in, weight, bias, workspace);
+}
+
+std::vector<std::string> bias_gelu_kernels() {
+  std::vector<std::string> names{"cublaslt"};
+  for (int kernel = 0; kernel < sm90::kernel_count(); ++kernel) names.emplace_back(sm90::kernel_name(kernel));
+  return names;
+}
+
+void linear_bias_gelu(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
+                      const std::string& kernel, const at::Tensor& workspace) {
+  const std::vector<std::string> names = bias_gelu_kernels();
+  const auto found = std::find(names.begin(), names.end(), kernel);
+  TORCH_CHECK(found != names.end(), "fusedbert::linear_bias_gelu: no kernel '", kernel, "' in this build; it has ",
+              c10::Join(", ", names));
+  const int index = static_cast<int>(found - names.begin()) - 1;  // names[0] is the unfused path
+  if (in.size(0) == 0) return;
+  TORCH_CHECK(index == kUnfused || sm90_bias_gelu_applies(plan_key(out, in, weight, bias, Epilogue::BiasGeluErf)),
+              "fusedbert::linear_bias_gelu: '", kernel, "' needs an sm_90 GPU, float16/bfloat16, sizes that are "
+              "multiples of 8 and 16-byte aligned buffers");
+  run_bias_gelu(index, out, in, weight, bias, workspace);
 }
 
 }  // namespace fusedbert::cuda

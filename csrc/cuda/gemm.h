@@ -1,8 +1,11 @@
 // The encoder's linear layers through cuBLASLt, with the bias (and an activation cuBLASLt computes
-// exactly as the model asks) fused into the GEMM's epilogue.
+// exactly as the model asks) fused into the GEMM's epilogue; BERT's erf GELU through CUTLASS on Hopper.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+
+#include <string>
+#include <vector>
 
 namespace fusedbert::cuda {
 
@@ -13,8 +16,9 @@ enum class Epilogue {
   // out = gelu_tanh(in @ weight^T + bias): cuBLASLt's GELU epilogue is the tanh approximation, so this
   // serves gelu_new / gelu_pytorch_tanh only.
   BiasGeluTanh,
-  // out = gelu_erf(in @ weight^T + bias), BERT's exact GELU: no cuBLASLt epilogue computes it, so the
-  // GEMM is followed by bias_activation_.
+  // out = gelu_erf(in @ weight^T + bias), BERT's exact GELU: no cuBLASLt epilogue computes it. On Hopper,
+  // float16/bfloat16, a CUTLASS kernel fuses it (sm90_gemm.h); elsewhere, or where timing the shape
+  // finds it faster, the GEMM is followed by bias_activation_.
   BiasGeluErf,
 };
 
@@ -30,6 +34,18 @@ void linear(
     const at::Tensor& weight,
     const at::Tensor& bias,
     Epilogue epilogue,
+    const at::Tensor& workspace);
+
+// The implementations of Epilogue::BiasGeluErf this build holds: "cublaslt" (the GEMM, then
+// bias_activation_) and the Hopper CUTLASS kernels' names (sm90_gemm.h). linear() picks one per shape
+// (timed when autotuning is on); linear_bias_gelu runs one by name, for tests and benchmarks.
+std::vector<std::string> bias_gelu_kernels();
+void linear_bias_gelu(
+    at::Tensor& out,
+    const at::Tensor& in,
+    const at::Tensor& weight,
+    const at::Tensor& bias,
+    const std::string& kernel,
     const at::Tensor& workspace);
 
 }  // namespace fusedbert::cuda

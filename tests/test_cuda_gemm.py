@@ -1,0 +1,72 @@
+"""Every implementation of the FFN's first GEMM + bias + erf-GELU (csrc/cuda/gemm.h: cuBLASLt followed by
+the bias + GELU kernel, and on Hopper builds with CUTLASS the kernels with both in their epilogue), each run
+by name, against the same math in float32: the encoder times them per shape and may pick any of them, so
+each must hold on its own. Needs a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fusedbert  # noqa: F401  (loads the op library)
+
+pytestmark = pytest.mark.cuda
+
+DEVICE = "cuda"
+# (hidden, intermediate): MiniLM's and bert-base's FFN1.
+SHAPES = {"minilm": (384, 1536), "bert_base": (768, 3072)}
+# One token, a small batch, counts off the 64/128/256-row tiles, and bs32 lengths 8..128's total.
+TOKENS = [1, 16, 129, 2172]
+
+
+def kernels() -> list[str]:
+    return torch.ops.fusedbert.linear_bias_gelu_kernels() if torch.cuda.is_available() else []
+
+
+def is_hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+def ffn1_inputs(tokens, hidden, intermediate, dtype, seed=0):
+    generator = torch.Generator(device=DEVICE).manual_seed(seed)
+    # Scaled so that x @ w^T + b spans GELU's curved part and its linear tail (|z| up to ~5).
+    x = torch.randn(tokens, hidden, device=DEVICE, generator=generator)
+    w = torch.randn(intermediate, hidden, device=DEVICE, generator=generator) / hidden ** 0.5 * 1.5
+    b = torch.randn(intermediate, device=DEVICE, generator=generator) * 0.5
+    return x.to(dtype), w.to(dtype), b.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("tokens", TOKENS)
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_every_kernel_matches_float32_within_twice_torch_low_precision_error(shape, tokens, dtype):
+    hidden, intermediate = shape
+    x, w, b = ffn1_inputs(tokens, hidden, intermediate, dtype)
+    reference = F.gelu(F.linear(x.float(), w.float(), b.float()))
+    theirs = (F.gelu(F.linear(x, w, b)).float() - reference).abs().max().item()
+    names = kernels() if is_hopper() else ["cublaslt"]
+    for name in names:
+        out = torch.ops.fusedbert.linear_bias_gelu(x, w, b, name)
+        assert out.shape == (tokens, intermediate) and out.dtype == dtype
+        ours = (out.float() - reference).abs().max().item()
+        assert ours <= 2 * theirs, f"{name}: max error {ours:.3g} vs torch {dtype} {theirs:.3g}"
+
+
+def test_the_list_names_the_unfused_path_first():
+    assert kernels()[0] == "cublaslt"
+
+
+def test_an_unknown_kernel_is_refused_with_the_list():
+    x, w, b = ffn1_inputs(4, 64, 128, torch.float16)
+    with pytest.raises(RuntimeError, match="no kernel 'nope' in this build; it has cublaslt"):
+        torch.ops.fusedbert.linear_bias_gelu(x, w, b, "nope")
+
+
+def test_hopper_kernels_refuse_float32():
+    hopper_kernels = kernels()[1:]
+    if not hopper_kernels or not is_hopper():
+        pytest.skip("this build or GPU has no sm_90 CUTLASS kernels")
+    x, w, b = ffn1_inputs(4, 64, 128, torch.float32)
+    with pytest.raises(RuntimeError, match="needs an sm_90 GPU, float16/bfloat16"):
+        torch.ops.fusedbert.linear_bias_gelu(x, w, b, hopper_kernels[0])
