@@ -4,6 +4,7 @@
 
 #include "../encoder_args.h"
 #include "kernels.h"
+#include "linear.h"
 
 #include <vector>
 
@@ -56,16 +57,16 @@ at::Tensor run_layer(
     const at::Tensor& x, at::TensorList weights, int64_t layer, const EncoderDims& dims, double eps,
     const std::vector<int64_t>& cu_seqlens, const bool* key_is_real) {
   auto w = [&](WeightSlot slot) -> const at::Tensor& { return layer_weight(weights, layer, slot); };
-  const at::Tensor qkv = at::mm(x, w(kQkvWeight).t());
+  const at::Tensor qkv = linear_no_bias(x, w(kQkvWeight));
   at::Tensor context = at::empty_like(x);
   packed_attention(qkv, w(kQkvBias), context, cu_seqlens.data(), dims.batch, dims.num_heads, key_is_real);
 
-  at::Tensor attn = at::mm(context, w(kAttnOutWeight).t());
+  at::Tensor attn = linear_no_bias(context, w(kAttnOutWeight));
   bias_residual_layernorm_(attn, w(kAttnOutBias), x, w(kLn1Weight), w(kLn1Bias), eps);
 
-  at::Tensor inner = at::mm(attn, w(kFfn1Weight).t());
+  at::Tensor inner = linear_no_bias(attn, w(kFfn1Weight));
   bias_activation_(inner, w(kFfn1Bias), dims.activation);
-  at::Tensor out = at::mm(inner, w(kFfn2Weight).t());
+  at::Tensor out = linear_no_bias(inner, w(kFfn2Weight));
   bias_residual_layernorm_(out, w(kFfn2Bias), attn, w(kLn2Weight), w(kLn2Bias), eps);
   return out;
 }
