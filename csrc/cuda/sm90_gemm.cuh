@@ -17,8 +17,6 @@
 #include <cutlass/gemm/device/gemm_universal_adapter.h>
 #include <cutlass/gemm/kernel/gemm_universal.hpp>
 
-#include <mutex>
-
 namespace fusedbert::cuda::sm90::detail {
 
 // Cooperative warp specialization: a producer warp streams tiles in by TMA while both consumer warp groups
@@ -69,18 +67,14 @@ struct BiasGeluGemm {
 
     if (Gemm::can_implement(args) != cutlass::Status::kSuccess) return "CUTLASS cannot implement this shape";
     if (Gemm::get_workspace_size(args) > workspace_bytes) return "CUTLASS needs a larger workspace";
-    // The shared-memory opt-in is per kernel, not per stream: set once, outside any graph capture
-    // (gemm.cpp's first call of a shape is never captured: capture follows a warm-up).
-    static std::once_flag shared_memory_set;
-    static cudaError_t shared_memory_status = cudaSuccess;
-    std::call_once(shared_memory_set, [] {
-      constexpr int kSharedBytes = Kernel::SharedStorageSize;
-      if (kSharedBytes >= (48 << 10)) {
-        shared_memory_status = cudaFuncSetAttribute(cutlass::device_kernel<Kernel>,
-                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes);
-      }
-    });
-    if (shared_memory_status != cudaSuccess) return cudaGetErrorString(shared_memory_status);
+    // The shared-memory opt-in belongs to the current device's copy of the kernel, so it is set at every
+    // launch (a host-side call, allowed while a stream is captured), as attention.cu does.
+    constexpr int kSharedBytes = Kernel::SharedStorageSize;
+    if constexpr (kSharedBytes >= (48 << 10)) {
+      const cudaError_t status = cudaFuncSetAttribute(cutlass::device_kernel<Kernel>,
+                                                      cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes);
+      if (status != cudaSuccess) return cudaGetErrorString(status);
+    }
     if (Kernel::initialize_workspace(args, workspace, stream) != cutlass::Status::kSuccess) {
       return "CUTLASS could not initialize its workspace";
     }
