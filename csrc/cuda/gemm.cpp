@@ -221,16 +221,23 @@ class Plan {
   bool tuned_ = false;
 };
 
+// The entry of `cache` for `key`, made by make() on a miss. Distinct token counts keep arriving in a
+// server, so a full cache starts over.
+template <typename Value, typename Make>
+Value& cached(std::unordered_map<PlanKey, Value, PlanKeyHash>& cache, const PlanKey& key, Make make) {
+  constexpr size_t kMaxEntries = 1024;
+  auto found = cache.find(key);
+  if (found != cache.end()) return found->second;
+  if (cache.size() >= kMaxEntries) cache.clear();
+  return cache.emplace(key, make()).first->second;
+}
+
 // A heuristic query costs microseconds of host time and a call issues 4 GEMMs per layer in 4 distinct
 // shapes, so plans are cached. Per thread: the bias pointer is written into the shared descriptor at
 // each run, which must not race.
 Plan& plan_for(const PlanKey& key) {
-  constexpr size_t kMaxPlans = 1024;  // distinct token counts keep arriving in a server; bound the cache
   thread_local std::unordered_map<PlanKey, std::unique_ptr<Plan>, PlanKeyHash> plans;
-  auto found = plans.find(key);
-  if (found != plans.end()) return *found->second;
-  if (plans.size() >= kMaxPlans) plans.clear();
-  return *plans.emplace(key, std::make_unique<Plan>(key)).first->second;
+  return *cached(plans, key, [&] { return std::make_unique<Plan>(key); });
 }
 
 int64_t common_alignment(std::initializer_list<const void*> pointers) {
@@ -278,12 +285,8 @@ struct GeluChoice {
 };
 
 GeluChoice& gelu_choice_for(const PlanKey& key) {
-  constexpr size_t kMaxChoices = 1024;
   thread_local std::unordered_map<PlanKey, GeluChoice, PlanKeyHash> choices;
-  auto found = choices.find(key);
-  if (found != choices.end()) return found->second;
-  if (choices.size() >= kMaxChoices) choices.clear();
-  return choices.emplace(key, GeluChoice{key.n >= kSm90MinTokens ? kSm90Default : kUnfused, false}).first->second;
+  return cached(choices, key, [&] { return GeluChoice{key.n >= kSm90MinTokens ? kSm90Default : kUnfused, false}; });
 }
 
 // Times the unfused path (its cuBLASLt plan tuned first) and every sm90 kernel on this call's buffers.
