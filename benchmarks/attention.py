@@ -11,9 +11,6 @@ benchmarks/results/attention-<device slug>-<YYYYMMDD>.json.
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
 import sys
 from pathlib import Path
 
@@ -25,7 +22,7 @@ import torch
 
 import fusedbert  # noqa: F401  (loads the op library)
 
-from .encoder import DTYPES, default_result_path, device_name
+from .encoder import DTYPES, kernel_benchmark_args, results_header, write_results
 from .measure import Summary, time_interleaved
 from .workloads import MODEL_SHAPES, WORKLOADS, make_batch
 
@@ -58,15 +55,9 @@ def burst(fn):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["bert-base", "minilm"], choices=list(MODEL_SHAPES))
-    parser.add_argument("--dtypes", nargs="+", default=["fp16"], choices=["fp16", "bf16"])
-    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args(argv)
+    args = kernel_benchmark_args(__doc__.split("\n\n")[0], argv)
     device = torch.device("cuda")
-    results = {"device": device_name(device), "torch": torch.__version__, "date": datetime.datetime.now().isoformat(),
-               "burst": BURST, "repeats": REPEATS, "records": []}
+    results = results_header(device, burst=BURST, repeats=REPEATS, records=[])
     for model in args.models:
         shape = MODEL_SHAPES[model]
         heads = shape["num_attention_heads"]
@@ -87,9 +78,7 @@ def main(argv=None) -> int:
                 results["records"].append(record)
                 print(f"{model} {dtype_name} {workload}: fusedbert {us['fusedbert']:.1f} us, flash varlen "
                       f"{us['flash_varlen']:.1f} us ({record['flash_over_fusedbert']:.2f}x)", flush=True)
-    out = args.out or default_result_path("attention", results["device"])
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_results(results, "attention", args.out)
     return 0
 
 

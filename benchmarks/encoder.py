@@ -90,6 +90,31 @@ def default_result_path(kind: str, device: str) -> Path:
     return Path(__file__).resolve().parent / "results" / f"{kind}-{slug(device)}-{datetime.date.today():%Y%m%d}.json"
 
 
+# ---- shared by the GPU benchmarks of one part (profile.py, attention.py, ffn_gemm.py) ----------------
+
+def kernel_benchmark_args(description: str, argv) -> argparse.Namespace:
+    """--models, --dtypes (fp16/bf16), --workloads and --out, as attention.py and ffn_gemm.py take them."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--models", nargs="+", default=["bert-base", "minilm"], choices=list(MODEL_SHAPES))
+    parser.add_argument("--dtypes", nargs="+", default=["fp16"], choices=["fp16", "bf16"])
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--out", type=Path)
+    return parser.parse_args(argv)
+
+
+def results_header(device: torch.device, **fields) -> dict:
+    """The device, torch and date every result JSON starts with, then the benchmark's own fields."""
+    return {"device": device_name(device), "torch": torch.__version__, "date": datetime.datetime.now().isoformat(),
+            **fields}
+
+
+def write_results(results: dict, kind: str, out: Path | None) -> None:
+    """Writes the JSON to ``out``, or to default_result_path(kind, its device), and says where."""
+    path = out or default_result_path(kind, results["device"])
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
 def run_header(device: torch.device, args: argparse.Namespace) -> dict:
     header = {
         "device": device_name(device),

@@ -14,9 +14,6 @@ benchmarks/results/ffn-gemm-<device slug>-<YYYYMMDD>.json.
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
 import sys
 from pathlib import Path
 
@@ -28,7 +25,7 @@ import torch
 
 import fusedbert  # noqa: F401  (loads the op library)
 
-from .encoder import DTYPES, default_result_path, device_name
+from .encoder import DTYPES, kernel_benchmark_args, results_header, write_results
 from .measure import Summary, time_interleaved
 from .workloads import MODEL_SHAPES, WORKLOADS, make_batch
 
@@ -55,16 +52,10 @@ def captured(fn):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["bert-base", "minilm"], choices=list(MODEL_SHAPES))
-    parser.add_argument("--dtypes", nargs="+", default=["fp16"], choices=["fp16", "bf16"])
-    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args(argv)
+    args = kernel_benchmark_args(__doc__.split("\n\n")[0], argv)
     device = torch.device("cuda")
     kernels = torch.ops.fusedbert.linear_bias_gelu_kernels()
-    results = {"device": device_name(device), "torch": torch.__version__, "date": datetime.datetime.now().isoformat(),
-               "kernels": kernels, "repeats": REPEATS, "records": []}
+    results = results_header(device, kernels=kernels, repeats=REPEATS, records=[])
     for model in args.models:
         shape = MODEL_SHAPES[model]
         for dtype_name in args.dtypes:
@@ -91,9 +82,7 @@ def main(argv=None) -> int:
                 print(f"{model} {dtype_name} {workload} ({tokens} tokens): "
                       + ", ".join(f"{k} {t:.1f} us ({record['tflops'][k]:.0f} TFLOP/s)" for k, t in us.items()),
                       flush=True)
-    out = args.out or default_result_path("ffn-gemm", results["device"])
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_results(results, "ffn-gemm", args.out)
     return 0
 
 

@@ -11,8 +11,6 @@ and writes them to benchmarks/results/profile-<device slug>-<YYYYMMDD>.json.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import re
 import statistics
 import sys
@@ -29,7 +27,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import fusedbert
 
-from .encoder import DTYPES, default_result_path, device_name
+from .encoder import DTYPES, results_header, write_results
 from .systems import GraphedFusedEncoder, hf_forward, hf_model
 from .workloads import WORKLOADS, load_model, make_batch
 
@@ -103,8 +101,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     device = torch.device("cuda")
-    results = {"device": device_name(device), "torch": torch.__version__, "date": datetime.datetime.now().isoformat(),
-               "profiles": []}
+    results = results_header(device, profiles=[])
     for model_name in args.models:
         reference, _ = load_model(model_name)
         reference.to(device)
@@ -127,9 +124,7 @@ def main(argv=None) -> int:
                           f"{'-' if span is None else f'{span:.3f}'} ms, GPU busy "
                           f"{record['gpu_busy_ms']:.3f} ms ({record['gpu_busy_share']:.0%}), "
                           f"{record['kernels_per_call']:.0f} kernels | {parts}", flush=True)
-    out = args.out or default_result_path("profile", results["device"])
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_results(results, "profile", args.out)
     return 0
 
 
