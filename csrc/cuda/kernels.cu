@@ -1,5 +1,7 @@
 #include "kernels.h"
 
+#include "gelu.cuh"
+
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -179,10 +181,12 @@ int copy_threads(int64_t units_per_row) {
 
 // ---- fused elementwise stages -----------------------------------------------------------------------
 
-template <Activation kAct>
+template <typename scalar_t, Activation kAct>
 __device__ __forceinline__ float activate(float x) {
-  if constexpr (kAct == Activation::GeluErf) {
+  if constexpr (kAct == Activation::GeluErf && std::is_same_v<scalar_t, float>) {
     return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+  } else if constexpr (kAct == Activation::GeluErf) {
+    return gelu_erf_low_precision(x);  // as the CUTLASS epilogue computes it (gelu.cuh)
   } else if constexpr (kAct == Activation::GeluTanh) {
     return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
   } else {
@@ -201,7 +205,7 @@ __global__ void bias_activation_kernel(
     const Pack<scalar_t> b = load_pack(bias + col);
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      v.v[j] = static_cast<scalar_t>(activate<kAct>(static_cast<float>(v.v[j]) + static_cast<float>(b.v[j])));
+      v.v[j] = static_cast<scalar_t>(activate<scalar_t, kAct>(static_cast<float>(v.v[j]) + static_cast<float>(b.v[j])));
     }
     store_pack(x + i * V, v);
   }

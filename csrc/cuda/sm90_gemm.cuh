@@ -6,18 +6,34 @@
 // and the bias runs along D's rows.
 #pragma once
 
+#include "gelu.cuh"
 #include "sm90_gemm.h"
 
 #include <cute/tensor.hpp>
 #include <cutlass/cutlass.h>
 #include <cutlass/epilogue/collective/collective_builder.hpp>
 #include <cutlass/epilogue/fusion/operations.hpp>
-#include <cutlass/epilogue/thread/activation.h>
 #include <cutlass/gemm/collective/collective_builder.hpp>
 #include <cutlass/gemm/device/gemm_universal_adapter.h>
 #include <cutlass/gemm/kernel/gemm_universal.hpp>
 
 namespace fusedbert::cuda::sm90::detail {
+
+// gelu.cuh's GELU as a CUTLASS epilogue activation: the epilogue applies it to float32 fragments.
+template <typename T>
+struct GeluErfLowPrecision {
+  CUTLASS_DEVICE T operator()(T const& x) const { return T(gelu_erf_low_precision(static_cast<float>(x))); }
+};
+
+template <int N>
+struct GeluErfLowPrecision<cutlass::Array<float, N>> {
+  CUTLASS_DEVICE cutlass::Array<float, N> operator()(cutlass::Array<float, N> const& x) const {
+    cutlass::Array<float, N> y;
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < N; ++i) y[i] = gelu_erf_low_precision(x[i]);
+    return y;
+  }
+};
 
 // Cooperative warp specialization: a producer warp streams tiles in by TMA while both consumer warp groups
 // split each tile's MMAs and then its epilogue. (Ping-pong, where one warp group's epilogue overlaps the
@@ -31,8 +47,8 @@ struct BiasGeluGemm {
   using TileShape = TileShape_;
   using ClusterShape = ClusterShape_;
 
-  // D = gelu_erf(acc + bias[row]) in float32; no C operand (void) so nothing is read but the bias.
-  using Fusion = cutlass::epilogue::fusion::LinCombPerRowBiasEltAct<cutlass::epilogue::thread::GELU, Element,
+  // D = gelu_erf(acc + bias[row]) in float32 (gelu.cuh); no C operand (void) so nothing is read but the bias.
+  using Fusion = cutlass::epilogue::fusion::LinCombPerRowBiasEltAct<GeluErfLowPrecision, Element,
                                                                      Accumulator, Element, Element, Accumulator>;
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
