@@ -246,10 +246,12 @@ int64_t common_alignment(std::initializer_list<const void*> pointers) {
   return static_cast<int64_t>(bits & (~bits + 1));  // lowest set bit
 }
 
-// From this many tokens the CUTLASS kernel runs until the shape is timed (autotuning on), which then decides
-// among every kernel. Measured on an H200 (benchmarks/ffn_gemm.py, bert-base's FFN1): at 8,990 tokens it
-// beats cuBLASLt + the bias + GELU pass by 10%; at 2,172 it loses by 10%, and at 128 or fewer it takes twice
-// as long (its 128 x 256 tiles leave most SMs idle where cuBLASLt's small-M kernels split K).
+// From this many tokens the first CUTLASS kernel runs until the shape is timed (autotuning on), which then
+// decides among every kernel. Measured on an H200 (benchmarks/ffn_gemm.py): for bert-base's FFN1 at 8,990
+// tokens the CUTLASS kernels beat cuBLASLt + the bias + GELU pass by 6% (cooperative) and 17% (ping-pong); at
+// 2,172 they lose by about 15%, and at 128 or fewer they take 1.5 to 2.4 times as long (their large tiles
+// leave most SMs idle where cuBLASLt's small-M kernels split K). MiniLM's narrower FFN1 (1536 x 384) loses by
+// 3 to 8% even at 8,990 tokens: only the timed choice gets every model right.
 constexpr int64_t kSm90MinTokens = 4096;
 constexpr int kUnfused = -1;  // cuBLASLt's GEMM, then bias_activation_
 constexpr int kSm90Default = 0;

@@ -5,7 +5,8 @@ namespace fusedbert::cuda::sm90 {
 namespace {
 
 #ifdef FUSEDBERT_WITH_SM90_GEMM
-const detail::TileConfig* const kConfigs[] = {&detail::kCooperative128x256};
+// The first is the default where a shape has not been timed (gemm.cpp).
+const detail::TileConfig* const kConfigs[] = {&detail::kPingpong128x128, &detail::kCooperative128x256};
 constexpr int kConfigCount = sizeof(kConfigs) / sizeof(kConfigs[0]);
 #else
 const detail::TileConfig* const* const kConfigs = nullptr;

@@ -35,10 +35,15 @@ struct GeluErfLowPrecision<cutlass::Array<float, N>> {
   }
 };
 
-// Cooperative warp specialization: a producer warp streams tiles in by TMA while both consumer warp groups
-// split each tile's MMAs and then its epilogue. (Ping-pong, where one warp group's epilogue overlaps the
-// other's MMAs, measured no faster: 99 against 98 us for bert-base's FFN1 at 8,990 tokens on an H200.)
-template <typename Element, typename TileShape_, typename ClusterShape_>
+// Warp-specialized: a producer warp streams tiles in by TMA for the consumer warp groups. Cooperative
+// schedules (KernelTmaWarpSpecializedCooperative with epilogue TmaWarpSpecializedCooperative) have both
+// consumer groups split each tile's MMAs and then its epilogue; ping-pong ones
+// (KernelTmaWarpSpecializedPingpong with TmaWarpSpecialized) give each group its own tile, so one group's
+// epilogue overlaps the other's MMAs. With erff the epilogue was too long to hide and ping-pong measured no
+// faster (99 against 98 us for bert-base's FFN1 at 8,990 tokens on an H200); with gelu.cuh's GELU it hides,
+// and 128 x 128 ping-pong tiles take 83 us against 94 for 128 x 256 cooperative ones.
+template <typename Element, typename TileShape_, typename ClusterShape_, typename KernelSchedule,
+          typename EpilogueSchedule>
 struct BiasGeluGemm {
   using Accumulator = float;
   static constexpr int kAlignment = 16 / sizeof(Element);  // elements per 16-byte TMA access
@@ -54,12 +59,12 @@ struct BiasGeluGemm {
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
       cutlass::epilogue::collective::EpilogueTileAuto, Accumulator, Accumulator, void,
       cutlass::layout::ColumnMajor, kAlignment, Element, cutlass::layout::ColumnMajor, kAlignment,
-      cutlass::epilogue::TmaWarpSpecializedCooperative, Fusion>::CollectiveOp;
+      EpilogueSchedule, Fusion>::CollectiveOp;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, cutlass::layout::RowMajor, kAlignment, Element,
       cutlass::layout::ColumnMajor, kAlignment, Accumulator, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-      cutlass::gemm::KernelTmaWarpSpecializedCooperative>::CollectiveOp;
+      KernelSchedule>::CollectiveOp;
   using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 

@@ -42,6 +42,7 @@ struct TileConfig {
 };
 
 // One per sm90_gemm_<configuration>.cu.
+extern const TileConfig kPingpong128x128;
 extern const TileConfig kCooperative128x256;
 
 }  // namespace detail
