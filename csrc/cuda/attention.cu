@@ -95,8 +95,16 @@ __device__ __forceinline__ uint32_t pack_pair(float lo, float hi) {
 // Grid (query tiles, heads, sequences). Fragment layouts (PTX ISA, mma.m16n8k16): lane = 4 * g + t;
 // an accumulator tile c[16x8] holds rows g and g + 8, columns 2t and 2t + 1 of each. So every thread
 // owns two query rows, and its softmax statistics are reduced over the 4 lanes of its group.
+//
+// Head size 64 is compiled for 4 CTAs per SM (127 registers; unbounded, ptxas takes 167 and 3 fit). The
+// kernel is latency-bound, and on an H200 the fourth CTA took one bert-base layer at 128 sequences of
+// 8..128 tokens from 36.0 to 33.2 us (32 sequences: 12.4 to 10.7). Asking for 5 or 6 (one K/V buffer,
+// 80 to 96 registers with spills) was slower, and so was 6 at head size 32 for MiniLM at 32 sequences.
+template <int kHeadDim>
+constexpr int kMinBlocksPerSm = kHeadDim == 64 ? 4 : 1;
+
 template <typename scalar_t, int kHeadDim>
-__global__ void __launch_bounds__(kThreads) packed_attention_kernel(
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<kHeadDim>) packed_attention_kernel(
     const scalar_t* __restrict__ qkv, const int32_t* __restrict__ cu_seqlens, int num_heads, float scale_log2,
     scalar_t* __restrict__ context) {
   constexpr int kPitch = kHeadDim + 8;  // shared row pitch: 16 bytes of slack keep ldmatrix rows in distinct banks
