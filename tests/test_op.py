@@ -14,7 +14,7 @@ import torch
 import fusedbert
 from fusedbert import LibraryMismatchError, encoder_reference
 from fusedbert.library import build_info, check_library
-from parity_support import HEADS, random_op_inputs
+from parity_support import HEADS, lengths_mask, random_encoder_weights, random_op_inputs
 
 
 
@@ -33,6 +33,20 @@ def test_matches_reference_fp32(remove_padding, activation):
     out = run_op(*args, remove_padding=remove_padding)
     expected = encoder_reference(*args)
     assert (out - expected).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("remove_padding", [True, False])
+@pytest.mark.parametrize("hidden_size, heads", [(48, 4), (60, 3), (64, 2)])
+def test_matches_reference_at_head_sizes_off_the_vector_width_and_long_sequences(remove_padding, hidden_size, heads):
+    # Head sizes 12 and 20 leave a partial vector per row on the CPU (8 floats per AVX2 vector); lengths
+    # 1..3 and 133 leave partial blocks of queries and of keys.
+    lengths = (133, 1, 2, 3, 37)
+    mask = lengths_mask(lengths)
+    hidden = torch.randn(len(lengths), mask.shape[1], hidden_size, generator=torch.Generator().manual_seed(3))
+    weights = random_encoder_weights(hidden=hidden_size, intermediate=2 * hidden_size)
+    args = (hidden, mask, weights, heads, 1e-12, "gelu")
+    out = run_op(*args, remove_padding=remove_padding)
+    assert (out - encoder_reference(*args)).abs().max().item() <= 1e-5
 
 
 def test_padding_positions_are_zero_and_real_tokens_ignore_padding_content():

@@ -137,34 +137,110 @@ void bias_residual_layernorm_kernel(
   });
 }
 
-// One task per sequence: its rows of qkv, in float32 with the bias added, become [3, heads, L, d] views;
-// two batched GEMMs over the heads (MKL) and a float softmax give the context. Inside at::parallel_for
-// the ATen calls run single-threaded, so sequences, not GEMMs, share the cores.
-void attention_by_sequence(
+// softmax(q K^T) V for kQueries consecutive query rows of one head, into out ([kQueries, d]). Scratch
+// layouts as attention_by_head prepares them: q [*, d] scaled, k_t [d, keys] (zero past len), v [len, d],
+// scores [kQueries, keys]. Each K^T or V vector loaded serves all kQueries rows, and their kQueries
+// independent accumulators keep the FMA pipes full (one row alone is a chain of dependent FMAs).
+template <int kQueries>
+void attend_rows(const float* q, const float* k_t, const float* v, const bool* key_real, int64_t len, int64_t keys,
+                 int64_t head_dim, float* scores, float* out) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < keys; j += kLanes) {
+    Vec s[kQueries];
+    for (int r = 0; r < kQueries; ++r) s[r] = Vec(0.0f);
+    for (int64_t t = 0; t < head_dim; ++t) {
+      const Vec k = Vec::loadu(k_t + t * keys + j);
+      for (int r = 0; r < kQueries; ++r) s[r] = at::vec::fmadd(Vec(q[r * head_dim + t]), k, s[r]);
+    }
+    for (int r = 0; r < kQueries; ++r) s[r].store(scores + r * keys + j);
+  }
+  for (int r = 0; r < kQueries; ++r) {
+    float* row = scores + r * keys;
+    for (int64_t j = len; j < keys; ++j) row[j] = neg_inf;
+    if (key_real) {
+      for (int64_t j = 0; j < len; ++j) if (!key_real[j]) row[j] = neg_inf;
+    }
+    Vec row_max(neg_inf);
+    for (int64_t j = 0; j < keys; j += kLanes) row_max = at::vec::maximum(row_max, Vec::loadu(row + j));
+    const Vec max_v(at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, row_max));
+    Vec sum_v(0.0f);
+    for (int64_t j = 0; j < keys; j += kLanes) {
+      const Vec p = (Vec::loadu(row + j) - max_v).exp();  // exp(-inf) = 0 at masked keys
+      p.store(row + j);
+      sum_v = sum_v + p;
+    }
+    const float inverse = 1.0f / at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, sum_v);
+    for (int64_t j = 0; j < len; ++j) row[j] *= inverse;
+  }
+  for (int64_t t = 0; t < head_dim; t += kLanes) {
+    const int64_t n = std::min<int64_t>(kLanes, head_dim - t);
+    Vec acc[kQueries];
+    for (int r = 0; r < kQueries; ++r) acc[r] = Vec(0.0f);
+    for (int64_t j = 0; j < len; ++j) {
+      const Vec value = Vec::loadu(v + j * head_dim + t, n);
+      for (int r = 0; r < kQueries; ++r) acc[r] = at::vec::fmadd(Vec(scores[r * keys + j]), value, acc[r]);
+    }
+    for (int r = 0; r < kQueries; ++r) acc[r].store(out + r * head_dim + t, n);
+  }
+}
+
+// One task per (sequence, head): the head's rows of qkv, in float32 with the bias added, are copied into
+// scratch as Q (scaled by 1/sqrt(d)), K transposed and V, then attend_rows takes the queries four at a
+// time. K^T puts a query's scores against kLanes keys in one vector, built by FMAs with no horizontal
+// sums. Tasks over heads keep every core busy on a single sequence, and nothing here goes through ATen's
+// dispatcher, whose per-call cost (a dozen calls per sequence with batched GEMMs) dominated short sequences.
+template <typename scalar_t>
+void attention_by_head(
     const at::Tensor& qkv, const at::Tensor& qkv_bias, at::Tensor& context, const int64_t* cu_seqlens,
     int64_t batch, int64_t num_heads, const bool* key_is_real) {
-  const int64_t width = context.size(1);
-  const int64_t head_dim = width / num_heads;
-  const at::Tensor bias_f = qkv_bias.to(at::kFloat);
-  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t start = cu_seqlens[b], len = cu_seqlens[b + 1] - cu_seqlens[b];
+  constexpr int kQueries = 4;
+  TORCH_INTERNAL_ASSERT(qkv.is_contiguous() && context.is_contiguous());
+  const int64_t width = context.size(1), head_dim = width / num_heads, pitch = 3 * width;
+  const scalar_t* rows = qkv.data_ptr<scalar_t>();
+  scalar_t* out_rows = context.data_ptr<scalar_t>();
+  std::vector<float> bias(3 * width);
+  to_float(qkv_bias.data_ptr<scalar_t>(), bias.data(), 3 * width);
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
+
+  at::parallel_for(0, batch * num_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / num_heads, column = (task % num_heads) * head_dim;
+      const int64_t start = cu_seqlens[b], len = cu_seqlens[b + 1] - start;
       if (len == 0) continue;
-      const at::Tensor rows = qkv.narrow(0, start, len).to(at::kFloat).add_(bias_f);
-      const at::Tensor heads = rows.view({len, 3, num_heads, head_dim}).permute({1, 2, 0, 3});
-      at::Tensor scores = at::bmm(heads[0] * scale, heads[1].transpose(1, 2));  // [heads, L, L]
-      if (key_is_real) {
-        const at::Tensor keys = at::from_blob(const_cast<bool*>(key_is_real + start), {len}, at::kBool);
-        if (!keys.any().item<bool>()) {  // no real key: this (padding) sequence's rows are zeros
-          context.narrow(0, start, len).zero_();
-          continue;
-        }
-        scores.masked_fill_(keys.logical_not().view({1, 1, len}), -std::numeric_limits<float>::infinity());
+      const bool* key_real = key_is_real ? key_is_real + start : nullptr;
+      if (key_real && std::none_of(key_real, key_real + len, [](bool real) { return real; })) {
+        // No real key (a padding sequence in padded mode): its rows are zeros.
+        for (int64_t i = 0; i < len; ++i) std::fill_n(out_rows + (start + i) * width + column, head_dim, scalar_t(0));
+        continue;
       }
-      const at::Tensor probs = at::_softmax(scores, -1, false);
-      const at::Tensor ctx = at::bmm(probs, heads[2]);  // [heads, L, d]
-      context.narrow(0, start, len).copy_(ctx.permute({1, 0, 2}).reshape({len, width}));
+      const int64_t keys = (len + kLanes - 1) / kLanes * kLanes;  // K^T's row pitch: whole vectors
+      scratch.assign(2 * len * head_dim + head_dim * keys + kQueries * (keys + head_dim), 0.0f);
+      float* q = scratch.data();              // [len, d], scaled
+      float* v = q + len * head_dim;          // [len, d]
+      float* k_t = v + len * head_dim;        // [d, keys], zero past len
+      float* scores = k_t + head_dim * keys;  // [kQueries, keys]
+      float* out = scores + kQueries * keys;  // [kQueries, d]
+      for (int64_t r = 0; r < len; ++r) {
+        const scalar_t* row = rows + (start + r) * pitch + column;
+        for (int64_t t = 0; t < head_dim; ++t) {
+          q[r * head_dim + t] = (static_cast<float>(row[t]) + bias[column + t]) * scale;
+          k_t[t * keys + r] = static_cast<float>(row[width + t]) + bias[width + column + t];
+          v[r * head_dim + t] = static_cast<float>(row[2 * width + t]) + bias[2 * width + column + t];
+        }
+      }
+      int64_t i = 0;
+      auto write = [&](int64_t first, int count) {
+        for (int r = 0; r < count; ++r) from_float(out + r * head_dim, out_rows + (start + first + r) * width + column, head_dim);
+      };
+      for (; i + kQueries <= len; i += kQueries) {
+        attend_rows<kQueries>(q + i * head_dim, k_t, v, key_real, len, keys, head_dim, scores, out);
+        write(i, kQueries);
+      }
+      for (; i < len; ++i) {
+        attend_rows<1>(q + i * head_dim, k_t, v, key_real, len, keys, head_dim, scores, out);
+        write(i, 1);
+      }
     }
   });
 }
@@ -188,7 +264,9 @@ void bias_residual_layernorm_(
 void packed_attention(
     const at::Tensor& qkv, const at::Tensor& qkv_bias, at::Tensor& context, const int64_t* cu_seqlens,
     int64_t batch, int64_t num_heads, const bool* key_is_real) {
-  attention_by_sequence(qkv, qkv_bias, context, cu_seqlens, batch, num_heads, key_is_real);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, qkv.scalar_type(), "fusedbert_packed_attention", [&] {
+    attention_by_head<scalar_t>(qkv, qkv_bias, context, cu_seqlens, batch, num_heads, key_is_real);
+  });
 }
 
 }  // namespace fusedbert::cpu
