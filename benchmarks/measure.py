@@ -115,19 +115,18 @@ class GemmFloor:
     oneDNN cannot run the dtype), which beat torch.mm (MKL) at every encoder shape measured on an EPYC."""
 
     def __init__(self, weights: list[list[torch.Tensor]], tokens: int, device: torch.device, dtype: torch.dtype):
-        if onednn_linear_runs(device, dtype):
+        self.onednn = onednn_linear_runs(device, dtype)
+        if self.onednn:
             weights = [[torch.ops.mkldnn._reorder_linear_weight(w) for w in layer] for layer in weights]
-            self.onednn = True
-        else:
-            self.onednn = False
         self.weights = weights  # per layer: qkv [3H, H], attention out [H, H], ffn1 [I, H], ffn2 [H, I]
         hidden, intermediate = weights[0][0].shape[1], weights[0][2].shape[0]
-        # The buffers live as long as this object: a captured graph keeps writing to their addresses.
         self.x = torch.randn(tokens, hidden, device=device).to(dtype)
-        self.qkv = torch.empty(tokens, 3 * hidden, device=device, dtype=dtype)
-        self.attn = torch.empty(tokens, hidden, device=device, dtype=dtype)
-        self.inner = torch.empty(tokens, intermediate, device=device, dtype=dtype)
-        self.out = torch.empty(tokens, hidden, device=device, dtype=dtype)
+        if not self.onednn:  # torch.mm's outputs; oneDNN allocates its own, as the fused op's calls do
+            # The buffers live as long as this object: a captured graph keeps writing to their addresses.
+            self.qkv = torch.empty(tokens, 3 * hidden, device=device, dtype=dtype)
+            self.attn = torch.empty(tokens, hidden, device=device, dtype=dtype)
+            self.inner = torch.empty(tokens, intermediate, device=device, dtype=dtype)
+            self.out = torch.empty(tokens, hidden, device=device, dtype=dtype)
         self.graph = None
         if device.type == "cuda":
             side = torch.cuda.Stream(device)
@@ -141,7 +140,7 @@ class GemmFloor:
                 self.gemms()
 
     def gemms(self) -> None:
-        if self.onednn:  # it allocates its outputs, as the fused op's calls do
+        if self.onednn:
             linear = torch.ops.mkldnn._linear_pointwise
             for qkv_weight, out_weight, ffn1_weight, ffn2_weight in self.weights:
                 linear(self.x, qkv_weight, None, "none", [], None)
