@@ -74,7 +74,7 @@ def test_broken_model_fails_to_register_with_its_cause_logged_and_the_server_kee
         assert reply.status == 500, reply.body[:300]
         assert reply.json()["message"] == f"Failed to start workers for model {name} version: 1.0"
         assert elapsed < STARTUP_TIMEOUT_S
-        assert cause in model_log(server, name)
+        assert cause in model_log(server, name, until=cause)
         described = server.call("management", "GET", f"/models/{name}")
         # Usually unregistered; a race in 0.12's failure path can leave it listed, but never with a worker.
         assert described.status == 404 or not described.json()[0]["workers"], described.body[:500]

@@ -120,12 +120,19 @@ def resident_bytes(pid: int) -> int:
     raise ValueError(f"/proc/{pid}/status has no VmRSS line")
 
 
-def model_log(server: ts.Server, model: str) -> str:
-    """What the model's workers printed (tracebacks included), from TorchServe's model_log.log."""
+def model_log(server: ts.Server, model: str, *, until: str | None = None, timeout_s: float = 10.0) -> str:
+    """What the model's workers printed (tracebacks included), from TorchServe's model_log.log. With
+    ``until``, rereads it until that text appears or timeout_s passes: the frontend relays a worker's
+    output to the file asynchronously, so its last lines can land after the reply that reports the failure."""
     path = Path(server.run_dir) / "logs" / "model_log.log"
     worker = re.compile(rf" W-\d+-{re.escape(model)}_[^ ]*-std(out|err) ")
-    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
-    return "\n".join(line for line in lines if worker.search(line))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+        log = "\n".join(line for line in lines if worker.search(line))
+        if until is None or until in log or time.monotonic() > deadline:
+            return log
+        time.sleep(0.1)
 
 
 LOST = 0  # Reply.status of a request that got no HTTP reply
