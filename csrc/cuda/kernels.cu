@@ -1,6 +1,6 @@
 #include "kernels.h"
 
-#include "gelu.cuh"
+#include "activation.cuh"
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -180,19 +180,6 @@ int copy_threads(int64_t units_per_row) {
 }
 
 // ---- fused elementwise stages -----------------------------------------------------------------------
-
-template <typename scalar_t, Activation kAct>
-__device__ __forceinline__ float activate(float x) {
-  if constexpr (kAct == Activation::GeluErf && std::is_same_v<scalar_t, float>) {
-    return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-  } else if constexpr (kAct == Activation::GeluErf) {
-    return gelu_erf_low_precision(x);  // as the CUTLASS epilogue computes it (gelu.cuh)
-  } else if constexpr (kAct == Activation::GeluTanh) {
-    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
-  } else {
-    return fmaxf(x, 0.0f);
-  }
-}
 
 template <typename scalar_t, Activation kAct>
 __global__ void bias_activation_kernel(
