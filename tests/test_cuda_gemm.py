@@ -1,7 +1,7 @@
 """Every implementation of the FFN's first GEMM + bias + erf-GELU (csrc/cuda/gemm.h: cuBLASLt followed by
-the bias + GELU kernel, and on Hopper builds with CUTLASS the kernels with both in their epilogue), each run
-by name, against the same math in float32: the encoder times them per shape and may pick any of them, so
-each must hold on its own. Needs a GPU."""
+the bias + GELU kernel, the small-batch kernel of csrc/cuda/skinny_gemm.h, and on Hopper builds with CUTLASS
+the kernels with both in their epilogue), each run by name, against the same math in float32: the encoder
+times them per shape and may pick any of them, so each must hold on its own. Needs a GPU."""
 
 from __future__ import annotations
 
@@ -14,10 +14,13 @@ import fusedbert  # noqa: F401  (loads the op library)
 pytestmark = pytest.mark.cuda
 
 DEVICE = "cuda"
-# (hidden, intermediate): MiniLM's and bert-base's FFN1.
-SHAPES = {"minilm": (384, 1536), "bert_base": (768, 3072)}
-# One token, a small batch, counts off the 64/128/256-row tiles, and bs32 lengths 8..128's total.
-TOKENS = [1, 16, 129, 2172]
+# (k, n): MiniLM's and bert-base's FFN1, and bert-base's FFN2 shape (K = 3072 over N = 768 columns: the
+# small-batch kernel splits K over CTAs there, as for every N = 768 GEMM of bert-base).
+SHAPES = {"minilm": (384, 1536), "bert_base": (768, 3072), "bert_base_ffn2_shape": (3072, 768)}
+# One token, a small batch, a partial 16-row tile, the small-batch kernel's limit, counts off the
+# 64/128/256-row tiles, and bs32 lengths 8..128's total.
+TOKENS = [1, 16, 37, 64, 129, 2172]
+SKINNY_MAX_ROWS = 64
 
 
 def kernels() -> list[str]:
@@ -45,7 +48,9 @@ def test_every_kernel_matches_float32_within_twice_torch_low_precision_error(sha
     x, w, b = ffn1_inputs(tokens, hidden, intermediate, dtype)
     reference = F.gelu(F.linear(x.float(), w.float(), b.float()))
     theirs = (F.gelu(F.linear(x, w, b)).float() - reference).abs().max().item()
-    names = kernels() if is_hopper() else ["cublaslt"]
+    names = kernels() if is_hopper() else ["cublaslt", "skinny"]
+    if tokens > SKINNY_MAX_ROWS:
+        names = [name for name in names if name != "skinny"]
     for name in names:
         out = torch.ops.fusedbert.linear_bias_gelu(x, w, b, name)
         assert out.shape == (tokens, intermediate) and out.dtype == dtype
@@ -63,8 +68,28 @@ def test_an_unknown_kernel_is_refused_with_the_list():
         torch.ops.fusedbert.linear_bias_gelu(x, w, b, "nope")
 
 
+def test_the_small_batch_kernel_refuses_more_rows_than_it_takes():
+    x, w, b = ffn1_inputs(SKINNY_MAX_ROWS + 1, 64, 128, torch.float16)
+    with pytest.raises(RuntimeError, match="'skinny' cannot run this GEMM: it takes 1 to 64 token rows"):
+        torch.ops.fusedbert.linear_bias_gelu(x, w, b, "skinny")
+
+
+def test_the_small_batch_kernel_refuses_float32():
+    x, w, b = ffn1_inputs(4, 64, 128, torch.float32)
+    with pytest.raises(RuntimeError, match="'skinny' cannot run this GEMM: it computes float16/bfloat16 only"):
+        torch.ops.fusedbert.linear_bias_gelu(x, w, b, "skinny")
+
+
+def test_split_k_runs_back_to_back_give_the_same_result():
+    # The split-K epilogue counts arriving CTAs per tile and resets the counters for the next GEMM.
+    x, w, b = ffn1_inputs(16, *SHAPES["bert_base_ffn2_shape"], torch.float16)
+    first = torch.ops.fusedbert.linear_bias_gelu(x, w, b, "skinny")
+    for _ in range(3):
+        torch.testing.assert_close(torch.ops.fusedbert.linear_bias_gelu(x, w, b, "skinny"), first, rtol=0, atol=0)
+
+
 def test_hopper_kernels_refuse_float32():
-    hopper_kernels = kernels()[1:]
+    hopper_kernels = [name for name in kernels() if name not in ("cublaslt", "skinny")]
     if not hopper_kernels or not is_hopper():
         pytest.skip("this build or GPU has no sm_90 CUTLASS kernels")
     x, w, b = ffn1_inputs(4, 64, 128, torch.float32)

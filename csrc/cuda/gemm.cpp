@@ -20,6 +20,7 @@
 
 #include "../settings.h"
 #include "kernels.h"
+#include "skinny_gemm.h"
 #include "sm90_gemm.h"
 
 namespace fusedbert::cuda {
@@ -193,7 +194,7 @@ class Plan {
     const float alpha = 1.0f, beta = 0.0f;
     return cublasLtMatmul(at::cuda::getCurrentCUDABlasLtHandle(), desc_.get(), &alpha, weight.data_ptr(), a_.get(),
                           in.data_ptr(), b_.get(), &beta, out.data_ptr(), d_.get(), out.data_ptr(), d_.get(), &algo,
-                          workspace.data_ptr(), static_cast<size_t>(workspace.nbytes()),
+                          workspace.data_ptr(), static_cast<size_t>(kWorkspaceBytes),
                           at::cuda::getCurrentCUDAStream());
   }
 
@@ -253,7 +254,10 @@ int64_t common_alignment(std::initializer_list<const void*> pointers) {
 // leave most SMs idle where cuBLASLt's small-M kernels split K). MiniLM's narrower FFN1 (1536 x 384) loses by
 // 3 to 8% even at 8,990 tokens: only the timed choice gets every model right.
 constexpr int64_t kSm90MinTokens = 4096;
-constexpr int kUnfused = -1;  // cuBLASLt's GEMM, then bias_activation_
+// The implementations a GEMM can run, besides the sm90 kernels (numbered from 0): cuBLASLt (for
+// Epilogue::BiasGeluErf its GEMM, then bias_activation_) and the small-batch kernel (skinny_gemm.h).
+constexpr int kCublasLt = -1;
+constexpr int kSkinny = -2;
 constexpr int kSm90Default = 0;
 
 bool sm90_bias_gelu_applies(const PlanKey& key) {
@@ -263,44 +267,76 @@ bool sm90_bias_gelu_applies(const PlanKey& key) {
   return device->major == 9 && device->minor == 0 && key.m % 8 == 0 && key.k % 8 == 0 && key.alignment >= 16;
 }
 
-void run_bias_gelu(int kernel, at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
-                   const at::Tensor& workspace) {
-  if (kernel == kUnfused) {
-    linear(out, in, weight, {}, Epilogue::None, workspace);
-    bias_activation_(out, bias, Activation::GeluErf);
-    return;
+bool skinny_applies(const PlanKey& key) {
+  return skinny_linear_refusal(key.dtype, key.n, key.m, key.k, key.alignment) == nullptr;
+}
+
+PlanKey without_epilogue(PlanKey key) {
+  key.epilogue = Epilogue::None;
+  return key;
+}
+
+void run_kernel(int kernel, const PlanKey& key, at::Tensor& out, const at::Tensor& in, const at::Tensor& weight,
+                const at::Tensor& bias, const at::Tensor& workspace) {
+  if (kernel == kSkinny) return skinny_linear(out, in, weight, bias, key.epilogue, workspace, kWorkspaceBytes);
+  if (kernel == kCublasLt && key.epilogue != Epilogue::BiasGeluErf) {
+    return plan_for(key).run(out, in, weight, bias, workspace);
+  }
+  if (kernel == kCublasLt) {
+    plan_for(without_epilogue(key)).run(out, in, weight, {}, workspace);
+    return bias_activation_(out, bias, Activation::GeluErf);
   }
   const char* error = sm90::linear_bias_gelu(
       kernel, in.scalar_type() == at::kHalf ? sm90::Element::Half : sm90::Element::BFloat16, in.size(0),
       weight.size(0), weight.size(1), in.data_ptr(), weight.data_ptr(), bias.data_ptr(), out.data_ptr(),
-      workspace.data_ptr(), static_cast<size_t>(workspace.nbytes()),
+      workspace.data_ptr(), static_cast<size_t>(kWorkspaceBytes),
       at::cuda::getCurrentDeviceProperties()->multiProcessorCount, at::cuda::getCurrentCUDAStream());
   TORCH_CHECK(error == nullptr, "fusedbert::encoder (CUDA): the sm_90 bias + GELU GEMM (", sm90::kernel_name(kernel),
               ") failed: ", error);
 }
 
-// Per shape, which implementation of FFN1 + bias + erf-GELU runs: kUnfused or an sm90 kernel. Cached per
-// thread like the plans.
-struct GeluChoice {
+std::vector<int> candidates(const PlanKey& key) {
+  std::vector<int> kernels{kCublasLt};
+  if (skinny_applies(key)) kernels.push_back(kSkinny);
+  if (key.epilogue == Epilogue::BiasGeluErf && sm90_bias_gelu_applies(key)) {
+    for (int kernel = 0; kernel < sm90::kernel_count(); ++kernel) kernels.push_back(kernel);
+  }
+  return kernels;
+}
+
+// Until a shape is timed: the small-batch kernel where it applies, the first CUTLASS kernel for a large
+// FFN1 on Hopper, cuBLASLt otherwise.
+int default_kernel(const PlanKey& key) {
+  if (skinny_applies(key)) return kSkinny;
+  if (key.epilogue == Epilogue::BiasGeluErf && key.n >= kSm90MinTokens && sm90_bias_gelu_applies(key)) {
+    return kSm90Default;
+  }
+  return kCublasLt;
+}
+
+// Per shape, which implementation runs. Cached per thread like the plans.
+struct KernelChoice {
   int kernel;
   bool tuned;
 };
 
-GeluChoice& gelu_choice_for(const PlanKey& key) {
-  thread_local std::unordered_map<PlanKey, GeluChoice, PlanKeyHash> choices;
-  return cached(choices, key, [&] { return GeluChoice{key.n >= kSm90MinTokens ? kSm90Default : kUnfused, false}; });
+KernelChoice& choice_for(const PlanKey& key) {
+  thread_local std::unordered_map<PlanKey, KernelChoice, PlanKeyHash> choices;
+  return cached(choices, key, [&] { return KernelChoice{default_kernel(key), false}; });
 }
 
-// Times the unfused path (its cuBLASLt plan tuned first) and every sm90 kernel on this call's buffers.
-int fastest_bias_gelu(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
-                      const at::Tensor& workspace) {
-  run_bias_gelu(kUnfused, out, in, weight, bias, workspace);
-  int best = kUnfused;
+// Times every candidate on this call's buffers, cuBLASLt's plan tuned first (its run tunes it).
+int fastest_kernel(const PlanKey& key, at::Tensor& out, const at::Tensor& in, const at::Tensor& weight,
+                   const at::Tensor& bias, const at::Tensor& workspace) {
+  const std::vector<int> kernels = candidates(key);
+  if (kernels.size() == 1) return kernels.front();
+  run_kernel(kCublasLt, key, out, in, weight, bias, workspace);
+  int best = kCublasLt;
   float best_ms = std::numeric_limits<float>::infinity();
-  for (int kernel = kUnfused; kernel < sm90::kernel_count(); ++kernel) {
+  for (int kernel : kernels) {
     const float ms = cold_cache_ms(
         [&] {
-          run_bias_gelu(kernel, out, in, weight, bias, workspace);
+          run_kernel(kernel, key, out, in, weight, bias, workspace);
           return true;
         },
         in);
@@ -324,43 +360,57 @@ PlanKey plan_key(const at::Tensor& out, const at::Tensor& in, const at::Tensor& 
           common_alignment({out.data_ptr(), in.data_ptr(), weight.data_ptr(), has_bias ? bias.data_ptr() : nullptr})};
 }
 
+// The names linear_bias_gelu takes, in bias_gelu_kernels()'s order, and the kernel each runs.
+std::vector<std::pair<std::string, int>> named_bias_gelu_kernels() {
+  std::vector<std::pair<std::string, int>> named{{"cublaslt", kCublasLt}};
+  for (int kernel = 0; kernel < sm90::kernel_count(); ++kernel) named.emplace_back(sm90::kernel_name(kernel), kernel);
+  named.emplace_back("skinny", kSkinny);
+  return named;
+}
+
 }  // namespace
 
 at::Tensor gemm_workspace(const at::Tensor& like) {
-  return at::empty({kWorkspaceBytes}, like.options().dtype(at::kByte));
+  at::Tensor workspace = at::empty({kWorkspaceBytes + kSkinnyCounterBytes}, like.options().dtype(at::kByte));
+  C10_CUDA_CHECK(cudaMemsetAsync(static_cast<char*>(workspace.data_ptr()) + kWorkspaceBytes, 0, kSkinnyCounterBytes,
+                                 at::cuda::getCurrentCUDAStream()));
+  return workspace;
 }
 
 void linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias, Epilogue epilogue,
             const at::Tensor& workspace) {
   if (in.size(0) == 0) return;
   const PlanKey key = plan_key(out, in, weight, bias, epilogue);
-  if (epilogue != Epilogue::BiasGeluErf) return plan_for(key).run(out, in, weight, bias, workspace);
-  if (!sm90_bias_gelu_applies(key)) return run_bias_gelu(kUnfused, out, in, weight, bias, workspace);
-  GeluChoice& choice = gelu_choice_for(key);
+  KernelChoice& choice = choice_for(key);
+  // Timing waits on events, which a stream being captured cannot do; the graph's warm-up tunes first.
   if (!choice.tuned && gemm_autotuning_enabled() && !current_stream_is_capturing()) {
-    choice = {fastest_bias_gelu(out, in, weight, bias, workspace), true};
+    choice = {fastest_kernel(key, out, in, weight, bias, workspace), true};
   }
-  run_bias_gelu(choice.kernel, out, in, weight, bias, workspace);
+  run_kernel(choice.kernel, key, out, in, weight, bias, workspace);
 }
 
 std::vector<std::string> bias_gelu_kernels() {
-  std::vector<std::string> names{"cublaslt"};
-  for (int kernel = 0; kernel < sm90::kernel_count(); ++kernel) names.emplace_back(sm90::kernel_name(kernel));
+  std::vector<std::string> names;
+  for (const auto& [name, kernel] : named_bias_gelu_kernels()) names.push_back(name);
   return names;
 }
 
 void linear_bias_gelu(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
                       const std::string& kernel, const at::Tensor& workspace) {
-  const std::vector<std::string> names = bias_gelu_kernels();
-  const auto found = std::find(names.begin(), names.end(), kernel);
-  TORCH_CHECK(found != names.end(), "fusedbert::linear_bias_gelu: no kernel '", kernel, "' in this build; it has ",
-              c10::Join(", ", names));
-  const int index = static_cast<int>(found - names.begin()) - 1;  // names[0] is the unfused path
+  const auto named = named_bias_gelu_kernels();
+  const auto found = std::find_if(named.begin(), named.end(), [&](const auto& entry) { return entry.first == kernel; });
+  TORCH_CHECK(found != named.end(), "fusedbert::linear_bias_gelu: no kernel '", kernel, "' in this build; it has ",
+              c10::Join(", ", bias_gelu_kernels()));
   if (in.size(0) == 0) return;
-  TORCH_CHECK(index == kUnfused || sm90_bias_gelu_applies(plan_key(out, in, weight, bias, Epilogue::BiasGeluErf)),
+  const PlanKey key = plan_key(out, in, weight, bias, Epilogue::BiasGeluErf);
+  if (found->second == kSkinny) {
+    const char* refusal = skinny_linear_refusal(key.dtype, key.n, key.m, key.k, key.alignment);
+    TORCH_CHECK(refusal == nullptr, "fusedbert::linear_bias_gelu: 'skinny' cannot run this GEMM: ", refusal);
+  }
+  TORCH_CHECK(found->second < 0 || sm90_bias_gelu_applies(key),
               "fusedbert::linear_bias_gelu: '", kernel, "' needs an sm_90 GPU, float16/bfloat16, sizes that are "
               "multiples of 8 and 16-byte aligned buffers");
-  run_bias_gelu(index, out, in, weight, bias, workspace);
+  run_kernel(found->second, key, out, in, weight, bias, workspace);
 }
 
 }  // namespace fusedbert::cuda
