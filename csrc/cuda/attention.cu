@@ -8,6 +8,8 @@
 // and never touches another sequence's rows.
 #include "kernels.h"
 
+#include "dependent_launch.cuh"
+
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -107,6 +109,7 @@ template <typename scalar_t, int kHeadDim>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<kHeadDim>) packed_attention_kernel(
     const scalar_t* __restrict__ qkv, const int32_t* __restrict__ cu_seqlens, int num_heads, float scale_log2,
     scalar_t* __restrict__ context) {
+  allow_dependent_grids();  // the output projection may start loading its weights
   constexpr int kPitch = kHeadDim + 8;  // shared row pitch: 16 bytes of slack keep ldmatrix rows in distinct banks
   constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
   extern __shared__ uint4 shared_storage[];

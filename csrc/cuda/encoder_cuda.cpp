@@ -130,6 +130,9 @@ at::Tensor encoder_cuda(
   }
   if (packed.packed_rows == 0) return at::zeros({dims.batch, dims.seq_len, dims.hidden}, hidden.options());
 
+  // Taken first: its setup (a memset) would otherwise come between the packing and the first GEMM, which
+  // can start early only right after a kernel (dependent_launch.cuh).
+  const at::Tensor workspace = gemm_workspace(hidden);
   at::Tensor x;
   at::Tensor key_bias;  // only without padding removal: padded rows stay in, masked as keys
   if (remove_padding) {
@@ -138,7 +141,6 @@ at::Tensor encoder_cuda(
     x = aligned_16(flat) ? flat : flat.clone();
     key_bias = key_padding_bias(attention_mask, hidden.scalar_type());
   }
-  const at::Tensor workspace = gemm_workspace(x);
   for (int64_t layer = 0; layer < dims.num_layers; ++layer) {
     x = run_layer(x, weights, layer, dims, layer_norm_eps, packed, key_bias, workspace);
   }

@@ -1,6 +1,7 @@
 #include "kernels.h"
 
 #include "activation.cuh"
+#include "dependent_launch.cuh"
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -130,6 +131,7 @@ template <typename unit_t>
 __global__ void gather_rows_kernel(
     const unit_t* __restrict__ hidden, const int32_t* __restrict__ rank, const int32_t* __restrict__ cu_seqlens,
     int64_t seq_len, int64_t units_per_row, int64_t packed_rows, unit_t* __restrict__ packed) {
+  allow_dependent_grids();  // the first layer's QKV GEMM may start loading its weights
   const int64_t position = blockIdx.x;
   const int32_t r = rank[position];
   if (r < 0) return;
@@ -184,6 +186,7 @@ int copy_threads(int64_t units_per_row) {
 template <typename scalar_t, Activation kAct>
 __global__ void bias_activation_kernel(
     scalar_t* __restrict__ x, const scalar_t* __restrict__ bias, int64_t packs, int64_t width) {
+  allow_dependent_grids();  // the next GEMM may start loading its weights
   constexpr int V = kVec<scalar_t>;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < packs;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -224,6 +227,7 @@ template <typename scalar_t>
 __global__ void bias_residual_layernorm_kernel(
     scalar_t* __restrict__ y, const scalar_t* __restrict__ bias, const scalar_t* __restrict__ residual,
     const scalar_t* __restrict__ gamma, const scalar_t* __restrict__ beta, int width, float eps) {
+  allow_dependent_grids();  // the next GEMM may start loading its weights
   constexpr int V = kVec<scalar_t>;
   const int64_t offset = static_cast<int64_t>(blockIdx.x) * width;
   const int col = threadIdx.x * V;
