@@ -1,5 +1,6 @@
 #include "encoder_args.h"
 
+#include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -94,6 +95,71 @@ EncoderDims check_encoder_args(
 
   return EncoderDims{hidden.size(0), hidden.size(1), width, num_heads, width / num_heads,
                      intermediate, count / kTensorsPerLayer, act};
+}
+
+namespace {
+
+// ids: [B, S], or [1, S] / [S] when `broadcast` (one row for every sequence); int32 or int64.
+at::Tensor batch_indices(const at::Tensor& ids, const char* name, int64_t batch, int64_t seq_len,
+                         const at::Tensor& like, bool broadcast) {
+  TORCH_CHECK(ids.scalar_type() == at::kLong || ids.scalar_type() == at::kInt, "fusedbert::embeddings: ", name,
+              " must be int64 or int32; got ", ids.scalar_type());
+  TORCH_CHECK(ids.device() == like.device(), "fusedbert::embeddings: ", name, " is on ", ids.device(),
+              " but input_ids is on ", like.device());
+  const bool full = ids.dim() == 2 && ids.size(0) == batch && ids.size(1) == seq_len;
+  const bool one_row = broadcast && ((ids.dim() == 2 && ids.size(0) == 1 && ids.size(1) == seq_len) ||
+                                     (ids.dim() == 1 && ids.size(0) == seq_len));
+  TORCH_CHECK(full || one_row, "fusedbert::embeddings: ", name, " must be [batch, seq_len] = [", batch, ", ",
+              seq_len, "]", broadcast ? " or [1, seq_len]" : "", "; got ", ids.sizes());
+  return ids.to(at::kLong).reshape({full ? batch : 1, seq_len}).expand({batch, seq_len});
+}
+
+}  // namespace
+
+EmbeddingIndices check_embeddings_args(
+    const at::Tensor& input_ids,
+    const at::Tensor& token_type_ids,
+    const at::Tensor& position_ids,
+    const at::Tensor& word_embeddings,
+    const at::Tensor& token_type_embeddings,
+    const at::Tensor& position_embeddings,
+    const at::Tensor& layer_norm_weight,
+    const at::Tensor& layer_norm_bias,
+    double layer_norm_eps) {
+  TORCH_CHECK(input_ids.dim() == 2, "fusedbert::embeddings: input_ids must be [batch, seq_len]; got ",
+              input_ids.sizes());
+  const int64_t batch = input_ids.size(0), seq_len = input_ids.size(1);
+  const auto dtype = word_embeddings.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+              "fusedbert::embeddings: the tables must be float32, float16 or bfloat16; got ", dtype);
+  TORCH_CHECK(!(input_ids.is_cpu() && dtype == at::kHalf),
+              "fusedbert::embeddings: float16 is not supported on CPU; use bfloat16 on CPU or run on CUDA");
+  TORCH_CHECK(word_embeddings.dim() == 2 && word_embeddings.size(1) > 0,
+              "fusedbert::embeddings: word_embeddings must be [vocab_size, width]; got ", word_embeddings.sizes());
+  const int64_t width = word_embeddings.size(1);
+  auto check_like_word_table = [&](const char* name, const at::Tensor& t, bool is_table) {
+    TORCH_CHECK(is_table ? t.dim() == 2 && t.size(0) > 0 && t.size(1) == width : t.dim() == 1 && t.size(0) == width,
+                "fusedbert::embeddings: ", name, " must be ", is_table ? "[rows, " : "[", width,
+                "] (word_embeddings' row size); got ", t.sizes());
+    TORCH_CHECK(t.scalar_type() == dtype && t.device() == input_ids.device(), "fusedbert::embeddings: ", name, " is ",
+                t.scalar_type(), " on ", t.device(), "; expected ", dtype, " on ", input_ids.device(),
+                " like word_embeddings and input_ids");
+  };
+  check_like_word_table("word_embeddings", word_embeddings, true);
+  check_like_word_table("token_type_embeddings", token_type_embeddings, true);
+  check_like_word_table("position_embeddings", position_embeddings, true);
+  check_like_word_table("layer_norm_weight", layer_norm_weight, false);
+  check_like_word_table("layer_norm_bias", layer_norm_bias, false);
+  TORCH_CHECK(std::isfinite(layer_norm_eps) && layer_norm_eps > 0,
+              "fusedbert::embeddings: layer_norm_eps must be positive and finite; got ", layer_norm_eps);
+  EmbeddingIndices indices;
+  indices.input_ids = batch_indices(input_ids, "input_ids", batch, seq_len, input_ids, /*broadcast=*/false);
+  indices.token_type_ids = batch_indices(token_type_ids, "token_type_ids", batch, seq_len, input_ids, true);
+  indices.position_ids = batch_indices(position_ids, "position_ids", batch, seq_len, input_ids, true);
+  indices.batch = batch;
+  indices.seq_len = seq_len;
+  indices.width = width;
+  return indices;
 }
 
 }  // namespace fusedbert

@@ -1,4 +1,5 @@
-// The encoder op's arguments: the weight-list layout and the checks shared by every backend.
+// The ops' arguments: the encoder's weight-list layout, and the checks of the encoder and the embeddings
+// shared by every backend.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -49,6 +50,30 @@ EncoderDims check_encoder_args(
     int64_t num_heads,
     double layer_norm_eps,
     c10::string_view activation);
+
+// fusedbert::embeddings' index tensors, checked and ready for either backend: int64, [B, S] (position and
+// token type ids broadcast over the batch where they were given once), any strides.
+struct EmbeddingIndices {
+  at::Tensor input_ids;
+  at::Tensor token_type_ids;
+  at::Tensor position_ids;
+  int64_t batch;
+  int64_t seq_len;
+  int64_t width;  // E, the tables' row size
+};
+
+// Validates every argument of fusedbert::embeddings (shapes, dtypes, devices, eps). Index *values* are
+// checked by each backend where it reads them.
+EmbeddingIndices check_embeddings_args(
+    const at::Tensor& input_ids,
+    const at::Tensor& token_type_ids,
+    const at::Tensor& position_ids,
+    const at::Tensor& word_embeddings,
+    const at::Tensor& token_type_embeddings,
+    const at::Tensor& position_embeddings,
+    const at::Tensor& layer_norm_weight,
+    const at::Tensor& layer_norm_bias,
+    double layer_norm_eps);
 
 inline const at::Tensor& layer_weight(at::TensorList weights, int64_t layer, WeightSlot slot) {
   return weights[layer * kTensorsPerLayer + slot];

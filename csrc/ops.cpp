@@ -71,6 +71,16 @@ TORCH_LIBRARY(fusedbert, m) {
   m.def(
       "encoder(Tensor hidden, Tensor attention_mask, Tensor[] weights, int num_heads, float layer_norm_eps, "
       "str activation, bool remove_padding) -> Tensor");
+  // BERT's embeddings in one pass: LayerNorm(word[input_ids] + token_type[token_type_ids] +
+  // position[position_ids]) * weight + bias, summed and normalized in float32, rounded once (dropout is the
+  // identity at inference). input_ids: [B, S]; token_type_ids, position_ids: [B, S] or [1, S]; all int32 or
+  // int64. word_embeddings [V, E], token_type_embeddings [T, E], position_embeddings [P, E],
+  // layer_norm_weight and layer_norm_bias [E], one float dtype. Returns [B, S, E]. An index out of its
+  // table's range is an error on CPU and a device-side assertion on CUDA, as in torch.nn.Embedding.
+  m.def(
+      "embeddings(Tensor input_ids, Tensor token_type_ids, Tensor position_ids, Tensor word_embeddings, "
+      "Tensor token_type_embeddings, Tensor position_embeddings, Tensor layer_norm_weight, Tensor layer_norm_bias, "
+      "float layer_norm_eps) -> Tensor");
   // CUDA only, float16/bfloat16, head size 32/64/128: the encoder's attention over packed sequences
   // (csrc/cuda/kernels.h), exposed for tests and benchmarks. qkv: [rows, 3H]; cu_seqlens: [B + 1] int32,
   // non-decreasing from 0 to at most rows (trusted, as the encoder builds it: not read back to check).

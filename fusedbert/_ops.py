@@ -1,7 +1,7 @@
-"""Loads the op library and registers the op's fake kernel and autograd formula.
+"""Loads the op library and registers the ops' fake kernels and autograd formulas.
 
-The C++ library alone defines and runs ``torch.ops.fusedbert.encoder``; this module adds what only
-Python tools need: shapes for torch.compile / torch.export, and a backward for captum.
+The C++ library alone defines and runs ``torch.ops.fusedbert.encoder`` and ``embeddings``; this module
+adds what only Python tools need: shapes for torch.compile / torch.export, and a backward for captum.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .library import load_library
-from .reference import encoder_reference
+from .reference import embeddings_reference, encoder_reference
 
 load_library()
 
@@ -27,6 +27,20 @@ def _encoder_fake(hidden, attention_mask, weights, num_heads, layer_norm_eps, ac
     for tensor in (attention_mask, *weights):
         check(tensor.device == hidden.device, f"every tensor must be on hidden's device {hidden.device}; got {tensor.device}")
     return torch.empty_like(hidden, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("fusedbert::embeddings")
+def _embeddings_fake(input_ids, token_type_ids, position_ids, word_embeddings, token_type_embeddings,
+                     position_embeddings, layer_norm_weight, layer_norm_bias, layer_norm_eps):
+    torch._check(input_ids.dim() == 2, lambda: f"fusedbert::embeddings: input_ids must be [batch, seq_len]; got "
+                                               f"{tuple(input_ids.shape)}")
+    torch._check(word_embeddings.dim() == 2,
+                 lambda: "fusedbert::embeddings: word_embeddings must be [vocab_size, width]")
+    for tensor in (token_type_ids, position_ids, token_type_embeddings, position_embeddings, layer_norm_weight,
+                   layer_norm_bias, word_embeddings):
+        torch._check(tensor.device == input_ids.device,
+                     lambda: f"fusedbert::embeddings: every tensor must be on input_ids' device {input_ids.device}")
+    return word_embeddings.new_empty(input_ids.shape[0], input_ids.shape[1], word_embeddings.shape[1])
 
 
 @torch.library.register_fake("fusedbert::packed_attention")
@@ -63,5 +77,28 @@ def _backward(ctx, grad_output):
 
 
 torch.library.register_autograd("fusedbert::encoder", _backward, setup_context=_setup_context)
+
+_EMBEDDING_TABLES = slice(3, 8)  # the op's float inputs: the three tables and the LayerNorm's weight and bias
+
+
+def _embeddings_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:8])
+    ctx.layer_norm_eps = inputs[8]
+
+
+def _embeddings_backward(ctx, grad_output):
+    # As for the encoder: differentiate the plain-PyTorch reference of the same math.
+    saved = list(ctx.saved_tensors)
+    with torch.enable_grad():
+        tables = [t.detach().requires_grad_(need) for t, need in zip(saved[_EMBEDDING_TABLES],
+                                                                    ctx.needs_input_grad[_EMBEDDING_TABLES])]
+        wanted = [t for t in tables if t.requires_grad]
+        grads = iter(torch.autograd.grad(embeddings_reference(*saved[:3], *tables, ctx.layer_norm_eps), wanted,
+                                         grad_output) if wanted else ())
+    return (None, None, None, *(next(grads) if t.requires_grad else None for t in tables), None)
+
+
+torch.library.register_autograd("fusedbert::embeddings", _embeddings_backward,
+                                setup_context=_embeddings_setup_context)
 
 encoder = torch.ops.fusedbert.encoder

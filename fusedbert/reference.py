@@ -1,7 +1,7 @@
-"""The encoder's math in plain PyTorch on the padded batch: the one reference for the op.
+"""The ops' math in plain PyTorch on the padded batch: the one reference for each op.
 
-The op's backward recomputes through it, and the tests compare the fused kernels with it and with
-Hugging Face. Padding positions of the result are zero, as the op returns them.
+The ops' backward recomputes through it, and the tests compare the fused kernels with it and with
+Hugging Face. Padding positions of the encoder's result are zero, as the op returns them.
 """
 
 from __future__ import annotations
@@ -55,3 +55,26 @@ def encoder_reference(
         x = F.layer_norm(x + F.linear(act(F.linear(x, f1_w, f1_b)), f2_w, f2_b), (width,), ln2_w, ln2_b,
                          layer_norm_eps)
     return x * key_is_real.unsqueeze(-1).to(x.dtype)
+
+
+def embeddings_reference(
+    input_ids: torch.Tensor | None,
+    token_type_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    word_embeddings: torch.Tensor,
+    token_type_embeddings: torch.Tensor,
+    position_embeddings: torch.Tensor,
+    layer_norm_weight: torch.Tensor,
+    layer_norm_bias: torch.Tensor,
+    layer_norm_eps: float,
+    inputs_embeds: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """BERT's embeddings, LayerNorm(word + token type + position) [B, S, E], summed and normalized in float32
+    and rounded once to the tables' dtype, as the op computes them. ``inputs_embeds`` [B, S, E], when given,
+    stands for the word rows (``input_ids`` is then unused)."""
+    words = F.embedding(input_ids, word_embeddings) if inputs_embeds is None else inputs_embeds
+    summed = (words.float() + F.embedding(token_type_ids, token_type_embeddings).float()
+              + F.embedding(position_ids, position_embeddings).float())
+    width = word_embeddings.shape[-1]
+    normalized = F.layer_norm(summed, (width,), layer_norm_weight.float(), layer_norm_bias.float(), layer_norm_eps)
+    return normalized.to(word_embeddings.dtype)

@@ -106,9 +106,24 @@ at::Tensor encoder_cpu(
   return out.view({dims.batch, dims.seq_len, dims.hidden});
 }
 
+at::Tensor embeddings_cpu(
+    const at::Tensor& input_ids, const at::Tensor& token_type_ids, const at::Tensor& position_ids,
+    const at::Tensor& word_embeddings, const at::Tensor& token_type_embeddings, const at::Tensor& position_embeddings,
+    const at::Tensor& layer_norm_weight, const at::Tensor& layer_norm_bias, double layer_norm_eps) {
+  const EmbeddingIndices indices =
+      check_embeddings_args(input_ids, token_type_ids, position_ids, word_embeddings, token_type_embeddings,
+                            position_embeddings, layer_norm_weight, layer_norm_bias, layer_norm_eps);
+  at::Tensor out = at::empty({indices.batch, indices.seq_len, indices.width}, word_embeddings.options());
+  embeddings(indices, word_embeddings.contiguous(), token_type_embeddings.contiguous(),
+             position_embeddings.contiguous(), layer_norm_weight.contiguous(), layer_norm_bias.contiguous(),
+             layer_norm_eps, out);
+  return out;
+}
+
 }  // namespace
 }  // namespace fusedbert::cpu
 
 TORCH_LIBRARY_IMPL(fusedbert, CPU, m) {
   m.impl("encoder", &fusedbert::cpu::encoder_cpu);
+  m.impl("embeddings", &fusedbert::cpu::embeddings_cpu);
 }

@@ -86,6 +86,39 @@ void bias_activation_kernel(at::Tensor& x, const at::Tensor& bias, Activation ac
   });
 }
 
+// row = LayerNorm(row) * gamma + beta, in place, in float. Two passes (mean, then centred squares): the
+// one-pass E[x^2] - E[x]^2 form loses digits on BERT's large-mean activations.
+void normalize_row_(float* row, const float* gamma, const float* beta, int64_t width, float eps) {
+  Vec sum_v(0.0f);
+  int64_t i = 0;
+  for (; i + kLanes <= width; i += kLanes) sum_v = sum_v + Vec::loadu(row + i);
+  float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, sum_v);
+  for (; i < width; ++i) sum += row[i];
+  const float mean = sum / static_cast<float>(width);
+  const Vec mean_v(mean);
+  Vec sq_v(0.0f);
+  for (i = 0; i + kLanes <= width; i += kLanes) {
+    const Vec d = Vec::loadu(row + i) - mean_v;
+    sq_v = at::vec::fmadd(d, d, sq_v);
+  }
+  float sq = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, sq_v);
+  for (; i < width; ++i) sq += (row[i] - mean) * (row[i] - mean);
+  const float rstd = 1.0f / std::sqrt(sq / static_cast<float>(width) + eps);
+  const Vec rstd_v(rstd);
+  for (i = 0; i + kLanes <= width; i += kLanes) {
+    const Vec v = (Vec::loadu(row + i) - mean_v) * rstd_v;
+    at::vec::fmadd(v, Vec::loadu(gamma + i), Vec::loadu(beta + i)).store(row + i);
+  }
+  for (; i < width; ++i) row[i] = (row[i] - mean) * rstd * gamma[i] + beta[i];
+}
+
+template <typename scalar_t>
+std::vector<float> float_copy(const at::Tensor& t) {
+  std::vector<float> values(t.numel());
+  to_float(t.data_ptr<scalar_t>(), values.data(), t.numel());
+  return values;
+}
+
 template <typename scalar_t>
 void bias_residual_layernorm_kernel(
     at::Tensor& y, const at::Tensor& bias, const at::Tensor& residual, const at::Tensor& gamma,
@@ -93,46 +126,63 @@ void bias_residual_layernorm_kernel(
   const int64_t rows = y.size(0), width = y.size(1);
   scalar_t* y_data = y.data_ptr<scalar_t>();
   const scalar_t* res_data = residual.data_ptr<scalar_t>();
-  std::vector<float> bias_f(width), gamma_f(width), beta_f(width);
-  to_float(bias.data_ptr<scalar_t>(), bias_f.data(), width);
-  to_float(gamma.data_ptr<scalar_t>(), gamma_f.data(), width);
-  to_float(beta.data_ptr<scalar_t>(), beta_f.data(), width);
+  const std::vector<float> bias_f = float_copy<scalar_t>(bias), gamma_f = float_copy<scalar_t>(gamma),
+                           beta_f = float_copy<scalar_t>(beta);
   at::parallel_for(0, rows, row_grain(width), [&](int64_t begin, int64_t end) {
     std::vector<float> row(width), res(width);
     for (int64_t r = begin; r < end; ++r) {
       to_float(y_data + r * width, row.data(), width);
       to_float(res_data + r * width, res.data(), width);
-      // Two passes (mean, then centred squares) in float: the one-pass E[x^2]-E[x]^2 form loses
-      // digits on BERT's large-mean activations.
-      Vec sum_v(0.0f);
       int64_t i = 0;
       for (; i + kLanes <= width; i += kLanes) {
-        Vec v = Vec::loadu(row.data() + i) + Vec::loadu(bias_f.data() + i) + Vec::loadu(res.data() + i);
-        v.store(row.data() + i);
-        sum_v = sum_v + v;
+        (Vec::loadu(row.data() + i) + Vec::loadu(bias_f.data() + i) + Vec::loadu(res.data() + i)).store(row.data() + i);
       }
-      float sum = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, sum_v);
-      for (; i < width; ++i) {
-        row[i] += bias_f[i] + res[i];
-        sum += row[i];
-      }
-      const float mean = sum / static_cast<float>(width);
-      const Vec mean_v(mean);
-      Vec sq_v(0.0f);
-      for (i = 0; i + kLanes <= width; i += kLanes) {
-        const Vec d = Vec::loadu(row.data() + i) - mean_v;
-        sq_v = at::vec::fmadd(d, d, sq_v);
-      }
-      float sq = at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, sq_v);
-      for (; i < width; ++i) sq += (row[i] - mean) * (row[i] - mean);
-      const float rstd = 1.0f / std::sqrt(sq / static_cast<float>(width) + static_cast<float>(eps));
-      const Vec rstd_v(rstd);
-      for (i = 0; i + kLanes <= width; i += kLanes) {
-        const Vec v = (Vec::loadu(row.data() + i) - mean_v) * rstd_v;
-        at::vec::fmadd(v, Vec::loadu(gamma_f.data() + i), Vec::loadu(beta_f.data() + i)).store(row.data() + i);
-      }
-      for (; i < width; ++i) row[i] = (row[i] - mean) * rstd * gamma_f[i] + beta_f[i];
+      for (; i < width; ++i) row[i] += bias_f[i] + res[i];
+      normalize_row_(row.data(), gamma_f.data(), beta_f.data(), width, static_cast<float>(eps));
       from_float(row.data(), y_data + r * width, width);
+    }
+  });
+}
+
+// Every index of `ids` ([B, S], any strides) within [0, rows), or an error naming the first that is not.
+void check_index_range(const at::Tensor& ids, int64_t rows, const char* ids_name, const char* table_name) {
+  const auto a = ids.accessor<int64_t, 2>();
+  for (int64_t b = 0; b < ids.size(0); ++b) {
+    for (int64_t s = 0; s < ids.size(1); ++s) {
+      TORCH_CHECK(a[b][s] >= 0 && a[b][s] < rows, "fusedbert::embeddings: ", ids_name, "[", b, ", ", s, "] = ",
+                  a[b][s], " is out of range for ", table_name, " (", rows, " rows)");
+    }
+  }
+}
+
+template <typename scalar_t>
+void embeddings_kernel(const EmbeddingIndices& indices, const at::Tensor& word, const at::Tensor& token_type,
+                       const at::Tensor& position, const at::Tensor& gamma, const at::Tensor& beta, double eps,
+                       at::Tensor& out) {
+  const int64_t seq_len = indices.seq_len, width = indices.width;
+  const auto ids = indices.input_ids.accessor<int64_t, 2>();
+  const auto types = indices.token_type_ids.accessor<int64_t, 2>();
+  const auto positions = indices.position_ids.accessor<int64_t, 2>();
+  const scalar_t* word_data = word.data_ptr<scalar_t>();
+  const scalar_t* type_data = token_type.data_ptr<scalar_t>();
+  const scalar_t* position_data = position.data_ptr<scalar_t>();
+  const std::vector<float> gamma_f = float_copy<scalar_t>(gamma), beta_f = float_copy<scalar_t>(beta);
+  scalar_t* out_data = out.data_ptr<scalar_t>();
+  at::parallel_for(0, indices.batch * seq_len, row_grain(width), [&](int64_t begin, int64_t end) {
+    std::vector<float> row(width), part(width);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / seq_len, s = t % seq_len;
+      to_float(word_data + ids[b][s] * width, row.data(), width);
+      for (const scalar_t* source : {type_data + types[b][s] * width, position_data + positions[b][s] * width}) {
+        to_float(source, part.data(), width);
+        int64_t i = 0;
+        for (; i + kLanes <= width; i += kLanes) {
+          (Vec::loadu(row.data() + i) + Vec::loadu(part.data() + i)).store(row.data() + i);
+        }
+        for (; i < width; ++i) row[i] += part[i];
+      }
+      normalize_row_(row.data(), gamma_f.data(), beta_f.data(), width, static_cast<float>(eps));
+      from_float(row.data(), out_data + t * width, width);
     }
   });
 }
@@ -258,6 +308,17 @@ void bias_residual_layernorm_(
     const at::Tensor& beta, double eps) {
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "fusedbert_bias_residual_layernorm", [&] {
     bias_residual_layernorm_kernel<scalar_t>(y, bias, residual, gamma, beta, eps);
+  });
+}
+
+void embeddings(const EmbeddingIndices& indices, const at::Tensor& word, const at::Tensor& token_type,
+                const at::Tensor& position, const at::Tensor& gamma, const at::Tensor& beta, double eps,
+                at::Tensor& out) {
+  check_index_range(indices.input_ids, word.size(0), "input_ids", "word_embeddings");
+  check_index_range(indices.token_type_ids, token_type.size(0), "token_type_ids", "token_type_embeddings");
+  check_index_range(indices.position_ids, position.size(0), "position_ids", "position_embeddings");
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, word.scalar_type(), "fusedbert_embeddings", [&] {
+    embeddings_kernel<scalar_t>(indices, word, token_type, position, gamma, beta, eps, out);
   });
 }
 

@@ -21,6 +21,13 @@ void bias_residual_layernorm_(
     const at::Tensor& beta,
     double eps);
 
+// out[b, s, :] = LayerNorm(word[input_ids[b, s]] + token_type[token_type_ids[b, s]] +
+// position[position_ids[b, s]]) * gamma + beta, in float32. Tables [rows, E]; gamma, beta: [E]; out:
+// [B, S, E] contiguous. Every index is checked against its table first.
+void embeddings(const EmbeddingIndices& indices, const at::Tensor& word, const at::Tensor& token_type,
+                const at::Tensor& position, const at::Tensor& gamma, const at::Tensor& beta, double eps,
+                at::Tensor& out);
+
 // Multi-head self-attention on packed tokens: sequence b owns rows [cu_seqlens[b], cu_seqlens[b+1])
 // of qkv and attends only to them, so no mask is needed once padding is removed.
 // qkv: [T, 3H] (query heads, key heads, value heads) before its bias; qkv_bias: [3H], added here while

@@ -148,6 +148,21 @@ at::Tensor encoder_cuda(
   return scatter_real_tokens(x, packed, remove_padding).view({dims.batch, dims.seq_len, dims.hidden});
 }
 
+at::Tensor embeddings_cuda(
+    const at::Tensor& input_ids, const at::Tensor& token_type_ids, const at::Tensor& position_ids,
+    const at::Tensor& word_embeddings, const at::Tensor& token_type_embeddings, const at::Tensor& position_embeddings,
+    const at::Tensor& layer_norm_weight, const at::Tensor& layer_norm_bias, double layer_norm_eps) {
+  const c10::cuda::CUDAGuard device_guard(input_ids.device());
+  const EmbeddingIndices indices =
+      check_embeddings_args(input_ids, token_type_ids, position_ids, word_embeddings, token_type_embeddings,
+                            position_embeddings, layer_norm_weight, layer_norm_bias, layer_norm_eps);
+  at::Tensor out = at::empty({indices.batch, indices.seq_len, indices.width}, word_embeddings.options());
+  embeddings(indices, word_embeddings.contiguous(), token_type_embeddings.contiguous(),
+             position_embeddings.contiguous(), layer_norm_weight.contiguous(), layer_norm_bias.contiguous(),
+             layer_norm_eps, out);
+  return out;
+}
+
 // The encoder's own attention kernel as an op of its own, for tests and benchmarks.
 at::Tensor packed_attention_op(const at::Tensor& qkv, const at::Tensor& cu_seqlens, int64_t max_seqlen,
                                int64_t num_heads) {
@@ -184,5 +199,6 @@ at::Tensor linear_bias_gelu_op(const at::Tensor& input, const at::Tensor& weight
 TORCH_LIBRARY_IMPL(fusedbert, CUDA, m) {
   m.impl("linear_bias_gelu", &fusedbert::cuda::linear_bias_gelu_op);
   m.impl("encoder", &fusedbert::cuda::encoder_cuda);
+  m.impl("embeddings", &fusedbert::cuda::embeddings_cuda);
   m.impl("packed_attention", &fusedbert::cuda::packed_attention_op);
 }

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/macros/Macros.h>
 #include <cub/block/block_scan.cuh>
 
 #include <climits>
@@ -220,9 +221,36 @@ __device__ __forceinline__ float block_sum(float value) {
   return total;
 }
 
-// One block per row, one 16-byte pack per thread, the row held in registers: mean and centred variance
-// in two passes over registers (the one-pass E[x^2] - E[x]^2 form loses digits on BERT's large-mean
-// activations) with a single read of y and residual and a single write.
+// The second half of a LayerNorm whose row is spread over the block, one 16-byte pack per thread (`v`,
+// whose values this thread has added into `sum`; threads past the row hold none): mean and centred
+// variance in two passes over registers (the one-pass E[x^2] - E[x]^2 form loses digits on BERT's
+// large-mean activations), then out_row[col...] = (v - mean) * rstd * gamma + beta.
+template <typename scalar_t>
+__device__ __forceinline__ void layernorm_pack_and_store(
+    const float (&v)[kVec<scalar_t>], float sum, bool active, int col, int width, float eps,
+    const scalar_t* __restrict__ gamma, const scalar_t* __restrict__ beta, scalar_t* __restrict__ out_row) {
+  constexpr int V = kVec<scalar_t>;
+  const float mean = block_sum(sum) / width;
+  float squares = 0.0f;
+  if (active) {
+#pragma unroll
+    for (int j = 0; j < V; ++j) squares += (v[j] - mean) * (v[j] - mean);
+  }
+  const float rstd = rsqrtf(block_sum(squares) / width + eps);
+  if (active) {
+    const Pack<scalar_t> g = load_pack(gamma + col);
+    const Pack<scalar_t> bt = load_pack(beta + col);
+    Pack<scalar_t> out;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      out.v[j] = static_cast<scalar_t>((v[j] - mean) * rstd * static_cast<float>(g.v[j]) + static_cast<float>(bt.v[j]));
+    }
+    store_pack(out_row + col, out);
+  }
+}
+
+// One block per row, one 16-byte pack per thread, the row held in registers: a single read of y and
+// residual and a single write.
 template <typename scalar_t>
 __global__ void bias_residual_layernorm_kernel(
     scalar_t* __restrict__ y, const scalar_t* __restrict__ bias, const scalar_t* __restrict__ residual,
@@ -244,23 +272,54 @@ __global__ void bias_residual_layernorm_kernel(
       sum += v[j];
     }
   }
-  const float mean = block_sum(sum) / width;
-  float squares = 0.0f;
-  if (active) {
-#pragma unroll
-    for (int j = 0; j < V; ++j) squares += (v[j] - mean) * (v[j] - mean);
+  layernorm_pack_and_store<scalar_t>(v, sum, active, col, width, eps, gamma, beta, y + offset);
+}
+
+// ---- embeddings -------------------------------------------------------------------------------------
+
+// One index tensor of fusedbert::embeddings ([B, S] int64, any strides) and the rows of its table.
+struct IndexView {
+  const int64_t* data;
+  int64_t batch_stride;
+  int64_t seq_stride;
+  int64_t table_rows;
+
+  __device__ __forceinline__ int64_t row(int64_t b, int64_t s) const {
+    const int64_t index = data[b * batch_stride + s * seq_stride];
+    CUDA_KERNEL_ASSERT(index >= 0 && index < table_rows);  // as torch.nn.Embedding does on CUDA
+    return index;
   }
-  const float rstd = rsqrtf(block_sum(squares) / width + eps);
+};
+
+IndexView index_view(const at::Tensor& ids, const at::Tensor& table) {
+  return {ids.const_data_ptr<int64_t>(), ids.stride(0), ids.stride(1), table.size(0)};
+}
+
+// One block per token: its word, token type and position rows added in float, one 16-byte pack per
+// thread, then normalized as above: three row reads and one write per token, no intermediate tensors.
+template <typename scalar_t>
+__global__ void embeddings_kernel(
+    IndexView ids, IndexView token_types, IndexView positions, int64_t seq_len, const scalar_t* __restrict__ word,
+    const scalar_t* __restrict__ token_type, const scalar_t* __restrict__ position, const scalar_t* __restrict__ gamma,
+    const scalar_t* __restrict__ beta, scalar_t* __restrict__ out, int width, float eps) {
+  allow_dependent_grids();
+  constexpr int V = kVec<scalar_t>;
+  const int64_t token = blockIdx.x, b = token / seq_len, s = token % seq_len;
+  const int col = threadIdx.x * V;
+  const bool active = col < width;
+  float v[V];
+  float sum = 0.0f;
   if (active) {
-    const Pack<scalar_t> g = load_pack(gamma + col);
-    const Pack<scalar_t> bt = load_pack(beta + col);
-    Pack<scalar_t> out;
+    const Pack<scalar_t> w = load_pack(word + ids.row(b, s) * width + col);
+    const Pack<scalar_t> t = load_pack(token_type + token_types.row(b, s) * width + col);
+    const Pack<scalar_t> p = load_pack(position + positions.row(b, s) * width + col);
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      out.v[j] = static_cast<scalar_t>((v[j] - mean) * rstd * static_cast<float>(g.v[j]) + static_cast<float>(bt.v[j]));
+      v[j] = static_cast<float>(w.v[j]) + static_cast<float>(t.v[j]) + static_cast<float>(p.v[j]);
+      sum += v[j];
     }
-    store_pack(y + offset + col, out);
   }
+  layernorm_pack_and_store<scalar_t>(v, sum, active, col, width, eps, gamma, beta, out + token * width);
 }
 
 template <typename scalar_t>
@@ -408,6 +467,29 @@ void bias_residual_layernorm_(
     bias_residual_layernorm_kernel<scalar_t><<<rows, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
         y.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), residual.data_ptr<scalar_t>(), gamma.data_ptr<scalar_t>(),
         beta.data_ptr<scalar_t>(), static_cast<int>(width), static_cast<float>(eps));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void embeddings(const EmbeddingIndices& indices, const at::Tensor& word, const at::Tensor& token_type,
+                const at::Tensor& position, const at::Tensor& gamma, const at::Tensor& beta, double eps,
+                at::Tensor& out) {
+  if (out.numel() == 0) return;
+  dispatch_storage_type(word.scalar_type(), "embeddings", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    constexpr int V = kVec<scalar_t>;
+    const int64_t width = indices.width;
+    const bool aligned = pack_aligned<scalar_t>(word) && pack_aligned<scalar_t>(token_type) &&
+                         pack_aligned<scalar_t>(position) && pack_aligned<scalar_t>(gamma) &&
+                         pack_aligned<scalar_t>(beta) && pack_aligned<scalar_t>(out);
+    TORCH_CHECK(width % V == 0 && width / V <= 1024 && aligned, "fusedbert::embeddings (CUDA): the embedding width "
+                "must be a multiple of ", V, " and at most ", 1024 * V, " with 16-byte aligned tables; got ", width);
+    const int threads = static_cast<int>((width / V + 31) / 32 * 32);
+    embeddings_kernel<scalar_t><<<indices.batch * indices.seq_len, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        index_view(indices.input_ids, word), index_view(indices.token_type_ids, token_type),
+        index_view(indices.position_ids, position), indices.seq_len, word.const_data_ptr<scalar_t>(),
+        token_type.const_data_ptr<scalar_t>(), position.const_data_ptr<scalar_t>(), gamma.const_data_ptr<scalar_t>(),
+        beta.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), static_cast<int>(width), static_cast<float>(eps));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

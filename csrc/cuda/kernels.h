@@ -1,6 +1,6 @@
-// CUDA kernels that run around the encoder's GEMMs and attention: padding removal on the device and the
-// fused elementwise stages. Each launches on the current stream and computes in float32 whatever the
-// storage dtype (float32, float16, bfloat16), so low-precision storage rounds once per stage.
+// CUDA kernels that run around the encoder's GEMMs and attention: padding removal on the device, the
+// embeddings and the fused elementwise stages. Each launches on the current stream and computes in float32
+// whatever the storage dtype (float32, float16, bfloat16), so low-precision storage rounds once per stage.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -47,6 +47,13 @@ at::Tensor scatter_real_tokens(const at::Tensor& rows, const PackedBatch& packed
 // Returns the context [rows, H]; rows outside every sequence are left unwritten.
 bool packed_attention_supports(at::ScalarType dtype, int64_t head_dim);
 at::Tensor packed_attention(const at::Tensor& qkv, const at::Tensor& cu_seqlens, int64_t max_seqlen, int64_t num_heads);
+
+// out[b, s, :] = LayerNorm(word[input_ids[b, s]] + token_type[token_type_ids[b, s]] +
+// position[position_ids[b, s]]) * gamma + beta, computed in float32. Tables [rows, E] and gamma, beta [E]
+// contiguous; out [B, S, E] contiguous. An index outside its table fails a device-side assertion.
+void embeddings(const EmbeddingIndices& indices, const at::Tensor& word, const at::Tensor& token_type,
+                const at::Tensor& position, const at::Tensor& gamma, const at::Tensor& beta, double eps,
+                at::Tensor& out);
 
 // x[t, :] = act(x[t, :] + bias), in place. x: [T, N] contiguous; bias: [N].
 void bias_activation_(at::Tensor& x, const at::Tensor& bias, Activation activation);
