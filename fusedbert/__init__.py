@@ -5,13 +5,16 @@
 """
 
 from .convert import fuse, is_fused
+from .embeddings import FusedBertEmbeddings
 from .encoder import FusedBertEncoder
 from .library import LibraryMismatchError, library_path, load_library
-from .reference import encoder_reference
+from .reference import embeddings_reference, encoder_reference
 
 __all__ = [
+    "FusedBertEmbeddings",
     "FusedBertEncoder",
     "LibraryMismatchError",
+    "embeddings_reference",
     "encoder_reference",
     "fuse",
     "is_fused",

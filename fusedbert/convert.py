@@ -1,4 +1,5 @@
-"""``fuse()``: swap a Hugging Face model's encoder for FusedBertEncoder, in place."""
+"""``fuse()``: swap a Hugging Face model's encoder for FusedBertEncoder (and BERT's embeddings for
+FusedBertEmbeddings), in place."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface
 
+from .embeddings import FusedBertEmbeddings, has_bert_embeddings
 from .encoder import FusedBertEncoder, LayerWeights
 
 ATTN_IMPLEMENTATION = "fusedbert"
@@ -38,6 +40,9 @@ class Family:
     num_heads: Callable
     activation: Callable
     layer_weights: Callable[[nn.Module], LayerWeights]
+    # Whether its embeddings are BERT's (absolute positions counted from 0), which FusedBertEmbeddings
+    # computes. RoBERTa's derive positions from the padding in input_ids; DistilBERT's have no token types.
+    bert_embeddings: bool = False
 
 
 def _bert_layer(layer) -> LayerWeights:
@@ -52,13 +57,15 @@ def _distilbert_layer(layer) -> LayerWeights:
                         layer.ffn.lin1, layer.ffn.lin2, layer.output_layer_norm)
 
 
-_BERT_LIKE = Family("encoder", lambda c: c.num_attention_heads, lambda c: c.hidden_act, _bert_layer)
+_BERT = Family("encoder", lambda c: c.num_attention_heads, lambda c: c.hidden_act, _bert_layer,
+               bert_embeddings=True)
+_ROBERTA = Family("encoder", lambda c: c.num_attention_heads, lambda c: c.hidden_act, _bert_layer)
 FAMILIES = {
-    "bert": _BERT_LIKE,
-    "roberta": _BERT_LIKE,
-    "xlm-roberta": _BERT_LIKE,
-    "camembert": _BERT_LIKE,
-    "electra": _BERT_LIKE,
+    "bert": _BERT,
+    "roberta": _ROBERTA,
+    "xlm-roberta": _ROBERTA,
+    "camembert": _ROBERTA,
+    "electra": _BERT,
     "distilbert": Family("transformer", lambda c: c.n_heads, lambda c: c.activation, _distilbert_layer),
 }
 
@@ -89,13 +96,17 @@ def _reject_unsupported_outputs(module, args, kwargs):
         raise NotImplementedError("fusedbert: head_mask is not supported")
 
 
-def fuse(model: PreTrainedModel, *, remove_padding: bool = True) -> PreTrainedModel:
-    """Replace ``model``'s encoder with FusedBertEncoder, in place, and return ``model``.
+def fuse(model: PreTrainedModel, *, remove_padding: bool = True,
+         fuse_embeddings: bool = True) -> PreTrainedModel:
+    """Replace ``model``'s encoder with FusedBertEncoder, in place, and return ``model``; BERT's and ELECTRA's
+    embeddings become FusedBertEmbeddings too.
 
     Works on base models and on their sequence-classification, question-answering and
     token-classification heads for BERT (MiniLM too), RoBERTa, XLM-R, CamemBERT, ELECTRA and DistilBERT.
     The model is then called exactly as before and returns Hugging Face's outputs; with
-    ``remove_padding`` the encoder runs on real tokens only.
+    ``remove_padding`` the encoder runs on real tokens only. ``fuse_embeddings=False`` keeps Hugging Face's
+    embeddings module, whose ``word_embeddings`` submodule then still runs on its own (a captum hook on
+    it, as in captum's BERT tutorial, needs that; hooking the whole ``embeddings`` module works either way).
     """
     model_type = getattr(model.config, "model_type", None)
     family = FAMILIES.get(model_type)
@@ -114,6 +125,8 @@ def fuse(model: PreTrainedModel, *, remove_padding: bool = True) -> PreTrainedMo
     fused = FusedBertEncoder(layers, family.num_heads(model.config), eps.pop(), activation, remove_padding)
     fused.train(hf_encoder.training)
     setattr(base, family.encoder_attr, fused)
+    if fuse_embeddings and family.bert_embeddings and has_bert_embeddings(base.embeddings):
+        base.embeddings = FusedBertEmbeddings(base.embeddings)
     model.config._attn_implementation = ATTN_IMPLEMENTATION
     base.register_forward_pre_hook(_reject_unsupported_outputs, with_kwargs=True)
     return model
