@@ -98,6 +98,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", nargs="+", default=["fp16"], choices=list(DTYPES))
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--graphs", action="store_true", help="also profile the CUDA-graph replay")
+    parser.add_argument("--hf-embeddings", action="store_true",
+                        help="keep Hugging Face's embeddings module (fuse(..., fuse_embeddings=False)): the A/B for "
+                             "fusedbert's embeddings op")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     device = torch.device("cuda")
@@ -106,7 +109,8 @@ def main(argv=None) -> int:
         reference, _ = load_model(model_name)
         reference.to(device)
         for dtype_name in args.dtypes:
-            fused = fusedbert.fuse(hf_model(reference, DTYPES[dtype_name], "sdpa"))
+            fused = fusedbert.fuse(hf_model(reference, DTYPES[dtype_name], "sdpa"),
+                                   fuse_embeddings=not args.hf_embeddings)
             systems = {"fusedbert": hf_forward(fused)}
             if args.graphs:
                 systems["fusedbert_graphs"] = GraphedFusedEncoder(fused, device)
@@ -116,7 +120,7 @@ def main(argv=None) -> int:
                     with torch.inference_mode():
                         record = profile_system(forward, batch, device)
                     record.update(model=model_name, dtype=dtype_name, workload=workload, system=system,
-                                  real_tokens=batch.real_tokens)
+                                  real_tokens=batch.real_tokens, embeddings="hf" if args.hf_embeddings else "fused")
                     results["profiles"].append(record)
                     parts = ", ".join(f"{k} {v:.3f}" for k, v in record["gpu_ms_by_family"].items())
                     span = record["gpu_span_ms"]
