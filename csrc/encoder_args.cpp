@@ -142,8 +142,8 @@ EmbeddingIndices check_embeddings_args(
                 "fusedbert::embeddings: ", name, " must be ", is_table ? "[rows, " : "[", width,
                 "] (word_embeddings' row size); got ", t.sizes());
     TORCH_CHECK(t.scalar_type() == dtype && t.device() == input_ids.device(), "fusedbert::embeddings: ", name, " is ",
-                t.scalar_type(), " on ", t.device(), "; expected ", dtype, " on ", input_ids.device(),
-                " like word_embeddings and input_ids");
+                t.scalar_type(), " on ", t.device(), "; expected word_embeddings' dtype ", dtype,
+                " on input_ids' device ", input_ids.device());
   };
   check_like_word_table("word_embeddings", word_embeddings, true);
   check_like_word_table("token_type_embeddings", token_type_embeddings, true);

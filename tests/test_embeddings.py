@@ -141,10 +141,15 @@ def test_bad_arguments_raise_naming_them(message):
 
 
 @pytest.mark.cuda
-def test_tables_on_another_device_than_the_ids_are_refused():
-    ids, *rest = sample_inputs("cuda")
-    with pytest.raises(RuntimeError, match="input_ids is on"):
-        torch.ops.fusedbert.embeddings(ids, rest[0], rest[1].cpu(), *rest[2:])
+@pytest.mark.parametrize("position, message", [
+    (2, "position_ids is on cpu but input_ids is on cuda"),
+    (5, "position_embeddings is Float on cpu; expected word_embeddings' dtype Float on input_ids' device cuda"),
+], ids=["index", "table"])
+def test_a_tensor_on_another_device_than_input_ids_is_refused(position, message):
+    args = list(sample_inputs("cuda"))
+    args[position] = args[position].cpu()
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.fusedbert.embeddings(*args)
 
 
 # ---- the module and fuse() ----------------------------------------------------------------------------
