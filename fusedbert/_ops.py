@@ -87,15 +87,15 @@ def _embeddings_setup_context(ctx, inputs, output):
 
 
 def _embeddings_backward(ctx, grad_output):
-    # As for the encoder: differentiate the plain-PyTorch reference of the same math.
-    saved = list(ctx.saved_tensors)
+    # As for the encoder: differentiate the plain-PyTorch reference of the same math. Autograd calls this
+    # only when some table needs a gradient (the indices are integers).
+    input_ids, token_type_ids, position_ids, *tables = ctx.saved_tensors
+    needs = ctx.needs_input_grad[_EMBEDDING_TABLES]
     with torch.enable_grad():
-        tables = [t.detach().requires_grad_(need) for t, need in zip(saved[_EMBEDDING_TABLES],
-                                                                    ctx.needs_input_grad[_EMBEDDING_TABLES])]
-        wanted = [t for t in tables if t.requires_grad]
-        grads = iter(torch.autograd.grad(embeddings_reference(*saved[:3], *tables, ctx.layer_norm_eps), wanted,
-                                         grad_output) if wanted else ())
-    return (None, None, None, *(next(grads) if t.requires_grad else None for t in tables), None)
+        tables = [t.detach().requires_grad_(need) for t, need in zip(tables, needs)]
+        out = embeddings_reference(input_ids, token_type_ids, position_ids, *tables, ctx.layer_norm_eps)
+        grads = iter(torch.autograd.grad(out, [t for t in tables if t.requires_grad], grad_output))
+    return (None, None, None, *(next(grads) if need else None for need in needs), None)
 
 
 torch.library.register_autograd("fusedbert::embeddings", _embeddings_backward,
