@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace fusedbert::cpu {
@@ -169,18 +170,19 @@ void embeddings_kernel(const EmbeddingIndices& indices, const at::Tensor& word, 
   const std::vector<float> gamma_f = float_copy<scalar_t>(gamma), beta_f = float_copy<scalar_t>(beta);
   scalar_t* out_data = out.data_ptr<scalar_t>();
   at::parallel_for(0, indices.batch * seq_len, row_grain(width), [&](int64_t begin, int64_t end) {
-    std::vector<float> row(width), part(width);
+    std::vector<float> row(width);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / seq_len, s = t % seq_len;
-      to_float(word_data + ids[b][s] * width, row.data(), width);
-      for (const scalar_t* source : {type_data + types[b][s] * width, position_data + positions[b][s] * width}) {
-        to_float(source, part.data(), width);
-        int64_t i = 0;
+      const scalar_t* w = word_data + ids[b][s] * width;
+      const scalar_t* k = type_data + types[b][s] * width;
+      const scalar_t* p = position_data + positions[b][s] * width;
+      int64_t i = 0;
+      if constexpr (std::is_same_v<scalar_t, float>) {  // bfloat16 rows go through the scalar loop's conversions
         for (; i + kLanes <= width; i += kLanes) {
-          (Vec::loadu(row.data() + i) + Vec::loadu(part.data() + i)).store(row.data() + i);
+          (Vec::loadu(w + i) + Vec::loadu(k + i) + Vec::loadu(p + i)).store(row.data() + i);
         }
-        for (; i < width; ++i) row[i] += part[i];
       }
+      for (; i < width; ++i) row[i] = static_cast<float>(w[i]) + static_cast<float>(k[i]) + static_cast<float>(p[i]);
       normalize_row_(row.data(), gamma_f.data(), beta_f.data(), width, static_cast<float>(eps));
       from_float(row.data(), out_data + t * width, width);
     }
