@@ -1,4 +1,4 @@
-"""``fuse()``: swap a Hugging Face model's encoder for FusedBertEncoder (and BERT's embeddings for
+"""``fuse()``: swap a Hugging Face model's encoder for FusedBertEncoder (and its embeddings for
 FusedBertEmbeddings), in place."""
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ class Family:
     num_heads: Callable
     activation: Callable
     layer_weights: Callable[[nn.Module], LayerWeights]
-    # Whether its embeddings are BERT's (absolute positions counted from 0), which FusedBertEmbeddings
-    # computes. RoBERTa's derive positions from the padding in input_ids; DistilBERT's have no token types.
-    bert_embeddings: bool = False
+    # Whether its embeddings are laid out as BERT's (word, token type and position tables, then LayerNorm),
+    # which FusedBertEmbeddings computes; DistilBERT's have no token types.
+    bert_embeddings: bool = True
 
 
 def _bert_layer(layer) -> LayerWeights:
@@ -57,16 +57,15 @@ def _distilbert_layer(layer) -> LayerWeights:
                         layer.ffn.lin1, layer.ffn.lin2, layer.output_layer_norm)
 
 
-_BERT = Family("encoder", lambda c: c.num_attention_heads, lambda c: c.hidden_act, _bert_layer,
-               bert_embeddings=True)
-_ROBERTA = Family("encoder", lambda c: c.num_attention_heads, lambda c: c.hidden_act, _bert_layer)
+_BERT_LIKE = Family("encoder", lambda c: c.num_attention_heads, lambda c: c.hidden_act, _bert_layer)
 FAMILIES = {
-    "bert": _BERT,
-    "roberta": _ROBERTA,
-    "xlm-roberta": _ROBERTA,
-    "camembert": _ROBERTA,
-    "electra": _BERT,
-    "distilbert": Family("transformer", lambda c: c.n_heads, lambda c: c.activation, _distilbert_layer),
+    "bert": _BERT_LIKE,
+    "roberta": _BERT_LIKE,
+    "xlm-roberta": _BERT_LIKE,
+    "camembert": _BERT_LIKE,
+    "electra": _BERT_LIKE,
+    "distilbert": Family("transformer", lambda c: c.n_heads, lambda c: c.activation, _distilbert_layer,
+                         bert_embeddings=False),
 }
 
 
@@ -98,8 +97,8 @@ def _reject_unsupported_outputs(module, args, kwargs):
 
 def fuse(model: PreTrainedModel, *, remove_padding: bool = True,
          fuse_embeddings: bool = True) -> PreTrainedModel:
-    """Replace ``model``'s encoder with FusedBertEncoder, in place, and return ``model``; BERT's and ELECTRA's
-    embeddings become FusedBertEmbeddings too.
+    """Replace ``model``'s encoder with FusedBertEncoder, in place, and return ``model``; the embeddings
+    become FusedBertEmbeddings too (all but DistilBERT's).
 
     Works on base models and on their sequence-classification, question-answering and
     token-classification heads for BERT (MiniLM too), RoBERTa, XLM-R, CamemBERT, ELECTRA and DistilBERT.

@@ -10,8 +10,8 @@ from .reference import embeddings_reference
 
 
 def has_bert_embeddings(module: nn.Module) -> bool:
-    """Whether ``module`` is laid out as Hugging Face's BertEmbeddings (ELECTRA's too): word, token type and
-    absolute position tables, then a LayerNorm with weight and bias."""
+    """Whether ``module`` is laid out as Hugging Face's BertEmbeddings (ELECTRA's and RoBERTa's too): word,
+    token type and absolute position tables, then a LayerNorm with weight and bias."""
     tables = ("word_embeddings", "token_type_embeddings", "position_embeddings")
     norm = getattr(module, "LayerNorm", None)
     return (all(isinstance(getattr(module, name, None), nn.Embedding) for name in tables)
@@ -27,6 +27,9 @@ class FusedBertEmbeddings(nn.Module):
     Takes over the Hugging Face module's tables and LayerNorm under their names, so ``state_dict`` keys do
     not change and captum can hook this module as it hooked the original. Called as Hugging Face calls its
     embeddings. With ``inputs_embeds`` the same math runs in plain PyTorch (fusedbert.reference).
+
+    Positions are BERT's (0, 1, 2, ...), or, for the RoBERTa family, whose modules number real tokens from
+    ``padding_idx + 1`` and give padding ``padding_idx``, what that module's own static methods compute.
     """
 
     def __init__(self, hf_embeddings: nn.Module):
@@ -38,6 +41,9 @@ class FusedBertEmbeddings(nn.Module):
         self.position_embeddings = hf_embeddings.position_embeddings
         self.LayerNorm = hf_embeddings.LayerNorm
         self.register_buffer("position_ids", hf_embeddings.position_ids, persistent=False)  # [1, max_positions]
+        counts_after_padding = hasattr(type(hf_embeddings), "create_position_ids_from_input_ids")
+        self.positions_after_padding = type(hf_embeddings) if counts_after_padding else None
+        self.padding_idx = getattr(hf_embeddings, "padding_idx", None)
         self.train(hf_embeddings.training)
 
     def forward(self, input_ids: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
@@ -50,7 +56,7 @@ class FusedBertEmbeddings(nn.Module):
         offset = kwargs.get("cache_length") or kwargs.get("past_key_values_length") or 0
         seq_len = (input_ids if inputs_embeds is None else inputs_embeds).shape[1]
         if position_ids is None:
-            position_ids = self.position_ids[:, offset:offset + seq_len]
+            position_ids = self._default_position_ids(input_ids, inputs_embeds, offset, seq_len)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(position_ids)
         args = (token_type_ids, position_ids, self.word_embeddings.weight, self.token_type_embeddings.weight,
@@ -58,6 +64,13 @@ class FusedBertEmbeddings(nn.Module):
         if inputs_embeds is not None:
             return embeddings_reference(None, *args, inputs_embeds=inputs_embeds)
         return torch.ops.fusedbert.embeddings(input_ids, *args)
+
+    def _default_position_ids(self, input_ids, inputs_embeds, offset: int, seq_len: int) -> torch.Tensor:
+        if self.positions_after_padding is None:
+            return self.position_ids[:, offset:offset + seq_len]
+        if inputs_embeds is None:
+            return self.positions_after_padding.create_position_ids_from_input_ids(input_ids, self.padding_idx, offset)
+        return self.positions_after_padding.create_position_ids_from_inputs_embeds(inputs_embeds, self.padding_idx)
 
     def extra_repr(self) -> str:
         return f"width={self.word_embeddings.embedding_dim}, vocab={self.word_embeddings.num_embeddings}"

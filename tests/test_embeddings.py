@@ -5,10 +5,12 @@ models fuse() gives it to. The `cuda` cases skip without a GPU."""
 from __future__ import annotations
 
 import copy
+import inspect
 
 import pytest
 import torch
-from transformers import AutoModel, BertConfig, DistilBertConfig, ElectraConfig, RobertaConfig
+from transformers import (AutoModel, BertConfig, DistilBertConfig, ElectraConfig, RobertaConfig,
+                          XLMRobertaConfig)
 
 import fusedbert
 from fusedbert import FusedBertEmbeddings, embeddings_reference
@@ -206,10 +208,11 @@ SMALL = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, interme
 @pytest.mark.parametrize("config, fused_embeddings", [
     (BertConfig(**SMALL), True),
     (ElectraConfig(embedding_size=32, **SMALL), True),
-    (RobertaConfig(**SMALL), False),  # positions counted from the padding in input_ids
+    (RobertaConfig(**SMALL), True),  # positions counted from the padding in input_ids
+    (XLMRobertaConfig(**SMALL), True),
     (DistilBertConfig(dim=64, n_layers=1, n_heads=4, hidden_dim=128, max_position_embeddings=64), False),
-], ids=["bert", "electra", "roberta", "distilbert"])
-def test_fuse_gives_bert_embeddings_to_bert_and_electra_only(config, fused_embeddings):
+], ids=["bert", "electra", "roberta", "xlm-roberta", "distilbert"])
+def test_fuse_gives_fused_embeddings_to_all_but_distilbert(config, fused_embeddings):
     torch.manual_seed(0)
     model = AutoModel.from_config(config).eval()
     fused = fusedbert.fuse(copy.deepcopy(model))
@@ -217,7 +220,25 @@ def test_fuse_gives_bert_embeddings_to_bert_and_electra_only(config, fused_embed
     ids = torch.randint(5, config.vocab_size, (2, 10))
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0
+    ids[1, 6:] = config.pad_token_id
     with torch.no_grad():
         expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
         out = fused(input_ids=ids, attention_mask=mask).last_hidden_state
     assert (out - expected)[mask.bool()].abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_roberta_positions_count_real_tokens_after_padding_idx(device):
+    torch.manual_seed(0)
+    hf = AutoModel.from_config(RobertaConfig(**SMALL)).embeddings.eval().to(device)
+    fused = FusedBertEmbeddings(copy.deepcopy(hf))
+    ids = torch.randint(5, 100, (3, 12), device=device)
+    ids[0, 7:] = ids[2, :4] = hf.padding_idx  # right and left padding
+    # A cached prefix's length: `cache_length` in newer transformers, `past_key_values_length` before.
+    offset = next(name for name in ("cache_length", "past_key_values_length")
+                  if name in inspect.signature(hf.forward).parameters)
+    with torch.no_grad():
+        for kwargs in ({"input_ids": ids}, {"input_ids": ids, offset: 3}):
+            torch.testing.assert_close(fused(**kwargs), hf(**kwargs), atol=1e-5, rtol=1e-5)
+        words = hf.word_embeddings(ids)
+        torch.testing.assert_close(fused(inputs_embeds=words), hf(inputs_embeds=words), atol=1e-5, rtol=1e-5)
