@@ -32,7 +32,8 @@ EncoderDims check_encoder_args(
     at::TensorList weights,
     int64_t num_heads,
     double layer_norm_eps,
-    c10::string_view activation) {
+    c10::string_view activation,
+    const std::optional<at::Tensor>& fp8_ffn_scales) {
   TORCH_CHECK(hidden.dim() == 3, "fusedbert::encoder: hidden must be [batch, seq_len, hidden]; got ",
               hidden.dim(), " dims ", hidden.sizes());
   const auto dtype = hidden.scalar_type();
@@ -68,14 +69,34 @@ EncoderDims check_encoder_args(
   TORCH_CHECK(intermediate > 0, "fusedbert::encoder: weights[", static_cast<int64_t>(kFfn1Weight),
               "] (ffn1_weight) must be [intermediate, hidden]; got ", weights[kFfn1Weight].sizes());
 
+  const int64_t num_layers = count / kTensorsPerLayer;
+  const bool fp8_ffn = fp8_ffn_scales.has_value();
+  if (fp8_ffn) {
+    const at::Tensor& scales = *fp8_ffn_scales;
+    TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16,
+                "fusedbert::encoder: the FP8 FFN serves float16 and bfloat16 models; hidden is ", dtype);
+    TORCH_CHECK(act == Activation::GeluErf, "fusedbert::encoder: the FP8 FFN computes the erf GELU (\"gelu\") only; "
+                "got \"", std::string(activation), "\"");
+    TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.device() == hidden.device() && scales.is_contiguous() &&
+                    scales.sizes() == at::IntArrayRef({num_layers, static_cast<int64_t>(kFp8ScalesPerLayer)}),
+                "fusedbert::encoder: fp8_ffn_scales must be a contiguous float32 [num_layers, ",
+                static_cast<int64_t>(kFp8ScalesPerLayer), "] = [", num_layers, ", ",
+                static_cast<int64_t>(kFp8ScalesPerLayer), "] tensor on ", hidden.device(), "; got ",
+                scales.scalar_type(), " ", scales.sizes(), " on ", scales.device());
+  }
+
   for (int64_t i = 0; i < count; ++i) {
     const auto& w = weights[i];
     const int64_t slot = i % kTensorsPerLayer;
     TORCH_CHECK(w.defined(), "fusedbert::encoder: weights[", i, "] (layer ", i / kTensorsPerLayer, " ",
                 slot_name(slot), ") is undefined");
-    TORCH_CHECK(w.device() == hidden.device() && w.scalar_type() == dtype, "fusedbert::encoder: weights[", i,
+    // With fp8_ffn_scales the FFN's two weight matrices are e4m3 codes; every other tensor is hidden's dtype.
+    const auto expected_dtype =
+        (slot == kFfn1Weight || slot == kFfn2Weight) && fp8_ffn ? at::kFloat8_e4m3fn : dtype;
+    TORCH_CHECK(w.device() == hidden.device() && w.scalar_type() == expected_dtype, "fusedbert::encoder: weights[", i,
                 "] (layer ", i / kTensorsPerLayer, " ", slot_name(slot), ") is ", w.scalar_type(), " on ",
-                w.device(), "; expected ", dtype, " on ", hidden.device(), " like hidden");
+                w.device(), "; expected ", expected_dtype, " on ", hidden.device(),
+                fp8_ffn ? "" : " like hidden (float8_e4m3fn FFN weights need fp8_ffn_scales)");
     TORCH_CHECK(w.is_contiguous(), "fusedbert::encoder: weights[", i, "] (layer ", i / kTensorsPerLayer, " ",
                 slot_name(slot), ") must be contiguous");
     std::vector<int64_t> expected;
@@ -94,7 +115,7 @@ EncoderDims check_encoder_args(
   }
 
   return EncoderDims{hidden.size(0), hidden.size(1), width, num_heads, width / num_heads,
-                     intermediate, count / kTensorsPerLayer, act};
+                     intermediate, num_layers, act, fp8_ffn};
 }
 
 namespace {

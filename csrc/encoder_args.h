@@ -6,6 +6,7 @@
 #include <c10/util/string_view.h>
 
 #include <cstdint>
+#include <optional>
 
 namespace fusedbert {
 
@@ -29,6 +30,19 @@ enum WeightSlot : int64_t {
   kTensorsPerLayer
 };
 
+// The FP8 FFN (fusedbert/fp8.py): one float32 row of fp8_ffn_scales per layer. A step is what one unit of
+// an e4m3 code is worth (value = code * step); an inverse is 1 / step, rounded to float32 once, by which
+// a value is multiplied before it is rounded to e4m3 (saturating at +-448).
+enum Fp8ScaleSlot : int64_t {
+  kFfnInputStep = 0,  // the FFN's input, LN1's output
+  kFfnInputInverse,
+  kFfn1WeightStep,
+  kFfnInnerStep,  // FFN2's input, gelu(FFN1)
+  kFfnInnerInverse,
+  kFfn2WeightStep,
+  kFp8ScalesPerLayer
+};
+
 struct EncoderDims {
   int64_t batch;
   int64_t seq_len;
@@ -38,18 +52,20 @@ struct EncoderDims {
   int64_t intermediate;
   int64_t num_layers;
   Activation activation;
+  bool fp8_ffn;  // FFN weights are float8_e4m3fn, with fp8_ffn_scales
 };
 
 // Validates every argument of fusedbert::encoder (shapes, dtypes, devices, weight-list layout,
-// the activation name) and returns the dimensions. Mask *values* are checked by each backend,
-// where it reads them anyway.
+// the activation name, the FP8 FFN's scales) and returns the dimensions. Mask *values* are checked by
+// each backend, where it reads them anyway.
 EncoderDims check_encoder_args(
     const at::Tensor& hidden,
     const at::Tensor& attention_mask,
     at::TensorList weights,
     int64_t num_heads,
     double layer_norm_eps,
-    c10::string_view activation);
+    c10::string_view activation,
+    const std::optional<at::Tensor>& fp8_ffn_scales);
 
 // fusedbert::embeddings' index tensors, checked and ready for either backend: int64, [B, S] (position and
 // token type ids broadcast over the batch where they were given once), any strides.

@@ -67,10 +67,13 @@ int64_t capture_token_capacity() {
 TORCH_LIBRARY(fusedbert, m) {
   // hidden: [B, S, H] float32/float16/bfloat16; attention_mask: [B, S], nonzero = real token.
   // weights: 12 tensors per layer in the order of csrc/encoder_args.h. Returns [B, S, H] with
-  // padding positions set to zero.
+  // padding positions set to zero. fp8_ffn_scales ([num_layers, 6] float32, csrc/encoder_args.h), when
+  // given, runs each FFN in FP8 (e4m3): both FFN weight matrices are then float8_e4m3fn codes, the FFN's
+  // input and its GELU output are rounded to e4m3 by those scales, and the GEMMs accumulate in float32
+  // (fusedbert/fp8.py has the math and how the scales are chosen). float16/bfloat16 models, erf GELU.
   m.def(
       "encoder(Tensor hidden, Tensor attention_mask, Tensor[] weights, int num_heads, float layer_norm_eps, "
-      "str activation, bool remove_padding) -> Tensor");
+      "str activation, bool remove_padding, Tensor? fp8_ffn_scales=None) -> Tensor");
   // BERT's embeddings in one pass: LayerNorm(word[input_ids] + token_type[token_type_ids] +
   // position[position_ids]) * weight + bias, summed and normalized in float32, rounded once (dropout is the
   // identity at inference). input_ids: [B, S]; token_type_ids, position_ids: [B, S] or [1, S]; all int32 or

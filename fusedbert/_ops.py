@@ -15,7 +15,8 @@ load_library()
 
 
 @torch.library.register_fake("fusedbert::encoder")
-def _encoder_fake(hidden, attention_mask, weights, num_heads, layer_norm_eps, activation, remove_padding):
+def _encoder_fake(hidden, attention_mask, weights, num_heads, layer_norm_eps, activation, remove_padding,
+                  fp8_ffn_scales=None):
     # The shape and device checks of csrc/encoder_args.cpp that tracing can make without data.
     def check(condition, message):
         torch._check(condition, lambda: f"fusedbert::encoder: {message}")
@@ -24,7 +25,10 @@ def _encoder_fake(hidden, attention_mask, weights, num_heads, layer_norm_eps, ac
     check(attention_mask.dim() == 2 and attention_mask.shape == hidden.shape[:2],
           f"attention_mask {tuple(attention_mask.shape)} does not match hidden {tuple(hidden.shape)} in [batch, seq_len]")
     check(len(weights) > 0 and len(weights) % 12 == 0, f"weights must hold 12 tensors per layer; got {len(weights)}")
-    for tensor in (attention_mask, *weights):
+    if fp8_ffn_scales is not None:
+        check(fp8_ffn_scales.shape == (len(weights) // 12, 6) and fp8_ffn_scales.dtype == torch.float32,
+              f"fp8_ffn_scales must be float32 [num_layers, 6]; got {fp8_ffn_scales.dtype} {tuple(fp8_ffn_scales.shape)}")
+    for tensor in (attention_mask, *weights, *([] if fp8_ffn_scales is None else [fp8_ffn_scales])):
         check(tensor.device == hidden.device, f"every tensor must be on hidden's device {hidden.device}; got {tensor.device}")
     return torch.empty_like(hidden, memory_format=torch.contiguous_format)
 
@@ -59,21 +63,25 @@ def _linear_bias_gelu_fake(input, weight, bias, kernel):
 
 
 def _setup_context(ctx, inputs, output):
-    hidden, attention_mask, weights, num_heads, layer_norm_eps, activation, _ = inputs
-    ctx.save_for_backward(hidden, attention_mask, *weights)
+    hidden, attention_mask, weights, num_heads, layer_norm_eps, activation, _, fp8_ffn_scales = inputs
+    ctx.save_for_backward(hidden, attention_mask, fp8_ffn_scales, *weights)
     ctx.layer_args = (num_heads, layer_norm_eps, activation)
 
 
 def _backward(ctx, grad_output):
     # Recompute the forward through the plain ATen reference and differentiate that: the fused kernels
     # need no backward of their own, and the gradient is exact for the same math. Gradients reach
-    # `hidden` only; the packed weights are buffers, not trained here.
-    hidden, attention_mask, *weights = ctx.saved_tensors
+    # `hidden` only; the packed weights are buffers, not trained here. In the FP8 FFN the rounding to e4m3
+    # passes gradients through unchanged (a cast's gradient), as captum's attributions need.
+    hidden, attention_mask, fp8_ffn_scales, *weights = ctx.saved_tensors
     with torch.enable_grad():
         hidden = hidden.detach().requires_grad_()
-        out = encoder_reference(hidden, attention_mask, weights, *ctx.layer_args)
+        out = encoder_reference(hidden, attention_mask, weights, *ctx.layer_args, fp8_ffn_scales)
         (grad_hidden,) = torch.autograd.grad(out, hidden, grad_output)
-    return grad_hidden, None, [None] * len(weights), None, None, None, None
+    # One gradient per argument the op was dispatched with: the dispatcher drops a trailing argument equal
+    # to its default, so fp8_ffn_scales counts only when given.
+    grads = (grad_hidden, None, [None] * len(weights), None, None, None, None)
+    return grads if fp8_ffn_scales is None else (*grads, None)
 
 
 torch.library.register_autograd("fusedbert::encoder", _backward, setup_context=_setup_context)

@@ -95,8 +95,8 @@ def _reject_unsupported_outputs(module, args, kwargs):
         raise NotImplementedError("fusedbert: head_mask is not supported")
 
 
-def fuse(model: PreTrainedModel, *, remove_padding: bool = True,
-         fuse_embeddings: bool = True) -> PreTrainedModel:
+def fuse(model: PreTrainedModel, *, remove_padding: bool = True, fuse_embeddings: bool = True,
+         fp8_ffn: bool = False) -> PreTrainedModel:
     """Replace ``model``'s encoder with FusedBertEncoder, in place, and return ``model``; the embeddings
     become FusedBertEmbeddings too (all but DistilBERT's).
 
@@ -106,6 +106,8 @@ def fuse(model: PreTrainedModel, *, remove_padding: bool = True,
     ``remove_padding`` the encoder runs on real tokens only. ``fuse_embeddings=False`` keeps Hugging Face's
     embeddings module, whose ``word_embeddings`` submodule then still runs on its own (a captum hook on
     it, as in captum's BERT tutorial, needs that; hooking the whole ``embeddings`` module works either way).
+    ``fp8_ffn=True`` runs every FFN in FP8 (fusedbert/fp8.py; float16/bfloat16 models with the erf GELU,
+    fast on Hopper, emulated elsewhere); its cost in accuracy is in docs/benchmarks.md.
     """
     model_type = getattr(model.config, "model_type", None)
     family = FAMILIES.get(model_type)
@@ -121,7 +123,11 @@ def fuse(model: PreTrainedModel, *, remove_padding: bool = True,
     eps = {layer.ln1.eps for layer in layers} | {layer.ln2.eps for layer in layers}
     if len(eps) != 1:
         raise NotImplementedError(f"fusedbert: LayerNorms with different eps values {sorted(eps)} are not supported")
-    fused = FusedBertEncoder(layers, family.num_heads(model.config), eps.pop(), activation, remove_padding)
+    if fp8_ffn and activation != "gelu":
+        raise NotImplementedError(f"fusedbert: the FP8 FFN computes the erf GELU (\"gelu\") only; this model uses "
+                                  f"{activation!r}")
+    fused = FusedBertEncoder(layers, family.num_heads(model.config), eps.pop(), activation, remove_padding,
+                             fp8_ffn=fp8_ffn)
     fused.train(hf_encoder.training)
     setattr(base, family.encoder_attr, fused)
     if fuse_embeddings and family.bert_embeddings and has_bert_embeddings(base.embeddings):

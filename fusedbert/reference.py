@@ -33,6 +33,29 @@ def attention(qkv: torch.Tensor, key_is_real: torch.Tensor, num_heads: int) -> t
     return (probs @ v).transpose(1, 2).reshape(batch, seq_len, num_heads * head_dim)
 
 
+E4M3_MAX = 448.0  # the largest finite float8_e4m3fn
+# fp8_ffn_scales' columns (csrc/encoder_args.h): value = e4m3 code * step; a value is multiplied by the
+# inverse (1 / step in float32) before rounding.
+FFN_INPUT_STEP, FFN_INPUT_INVERSE, FFN1_WEIGHT_STEP, FFN_INNER_STEP, FFN_INNER_INVERSE, FFN2_WEIGHT_STEP = range(6)
+FP8_SCALES_PER_LAYER = 6
+
+
+def round_to_e4m3(values: torch.Tensor) -> torch.Tensor:
+    """Float32 values rounded to the nearest e4m3 code (saturating at +-448, as the kernels round), as float32."""
+    return values.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).float()
+
+
+def fp8_ffn(x: torch.Tensor, ffn1_codes: torch.Tensor, ffn1_bias: torch.Tensor, ffn2_codes: torch.Tensor,
+            scales: torch.Tensor) -> torch.Tensor:
+    """FFN2(gelu(FFN1(x))) without FFN2's bias, in x's dtype, as the FP8 FFN computes it (fusedbert/fp8.py):
+    x and the GELU output rounded to e4m3 codes, GEMMs of codes accumulated in float32 and scaled after."""
+    codes = round_to_e4m3(x.float() * scales[FFN_INPUT_INVERSE])
+    pre_activation = (codes @ ffn1_codes.float().T) * (scales[FFN_INPUT_STEP] * scales[FFN1_WEIGHT_STEP]) \
+        + ffn1_bias.float()
+    inner = round_to_e4m3(F.gelu(pre_activation) * scales[FFN_INNER_INVERSE])
+    return ((inner @ ffn2_codes.float().T) * (scales[FFN_INNER_STEP] * scales[FFN2_WEIGHT_STEP])).to(x.dtype)
+
+
 def encoder_reference(
     hidden: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -40,20 +63,25 @@ def encoder_reference(
     num_heads: int,
     layer_norm_eps: float,
     activation: str,
+    fp8_ffn_scales: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Post-LN BERT layers: x = LN1(x + O(attn(QKV(x)))); x = LN2(x + FFN2(act(FFN1(x))))."""
+    """Post-LN BERT layers: x = LN1(x + O(attn(QKV(x)))); x = LN2(x + FFN2(act(FFN1(x)))); each FFN in FP8
+    where ``fp8_ffn_scales`` are given (its weights then hold e4m3 codes)."""
     key_is_real = attention_mask.bool()
     act = ACTIVATIONS[activation]
     width = hidden.shape[-1]
     x = hidden
-    for first in range(0, len(weights), TENSORS_PER_LAYER):
+    for layer, first in enumerate(range(0, len(weights), TENSORS_PER_LAYER)):
         qkv_w, qkv_b, o_w, o_b, ln1_w, ln1_b, f1_w, f1_b, f2_w, f2_b, ln2_w, ln2_b = weights[
             first : first + TENSORS_PER_LAYER
         ]
         context = attention(F.linear(x, qkv_w, qkv_b), key_is_real, num_heads)
         x = F.layer_norm(x + F.linear(context, o_w, o_b), (width,), ln1_w, ln1_b, layer_norm_eps)
-        x = F.layer_norm(x + F.linear(act(F.linear(x, f1_w, f1_b)), f2_w, f2_b), (width,), ln2_w, ln2_b,
-                         layer_norm_eps)
+        if fp8_ffn_scales is None:
+            ffn = F.linear(act(F.linear(x, f1_w, f1_b)), f2_w, f2_b)
+        else:
+            ffn = fp8_ffn(x, f1_w, f1_b, f2_w, fp8_ffn_scales[layer]) + f2_b
+        x = F.layer_norm(x + ffn, (width,), ln2_w, ln2_b, layer_norm_eps)
     return x * key_is_real.unsqueeze(-1).to(x.dtype)
 
 

@@ -50,12 +50,34 @@ PackedBatch pack_real_tokens(const at::Tensor& mask) {
   }
 }
 
+// The FP8 FFN's math (fusedbert/fp8.py) in plain ATen: e4m3 rounding emulated in float32, float32 GEMMs.
+// A reference-speed path: it lets a model converted for FP8 run, and be checked, on a machine without
+// Hopper.
+at::Tensor round_to_e4m3(const at::Tensor& values) {
+  constexpr double kE4m3Max = 448.0;  // rounding saturates, as the CUDA kernels' conversions do
+  return values.clamp(-kE4m3Max, kE4m3Max).to(at::kFloat8_e4m3fn).to(at::kFloat);
+}
+
+// FFN2(gelu(FFN1(x))) without FFN2's bias (the LayerNorm after it adds that), in x's dtype.
+at::Tensor fp8_ffn(const at::Tensor& x, at::TensorList weights, int64_t layer, const at::Tensor& layer_scales) {
+  auto w = [&](WeightSlot slot) -> const at::Tensor& { return layer_weight(weights, layer, slot); };
+  auto scale = [&](Fp8ScaleSlot slot) { return layer_scales.select(0, slot); };  // 0-dim float32
+  const at::Tensor x_codes = round_to_e4m3(x.to(at::kFloat) * scale(kFfnInputInverse));
+  const at::Tensor pre_activation =
+      at::mm(x_codes, w(kFfn1Weight).to(at::kFloat).t()) * (scale(kFfnInputStep) * scale(kFfn1WeightStep)) +
+      w(kFfn1Bias).to(at::kFloat);
+  const at::Tensor inner_codes = round_to_e4m3(at::gelu(pre_activation) * scale(kFfnInnerInverse));
+  const at::Tensor out = at::mm(inner_codes, w(kFfn2Weight).to(at::kFloat).t()) *
+                         (scale(kFfnInnerStep) * scale(kFfn2WeightStep));
+  return out.to(x.scalar_type());
+}
+
 // One post-LN BERT layer on packed rows x [T, H]:
 //   x = LN1(x + O(attn(QKV(x)))),  x = LN2(x + FFN2(act(FFN1(x))))
 // GEMM biases are folded into the kernel that follows each GEMM.
 at::Tensor run_layer(
     const at::Tensor& x, at::TensorList weights, int64_t layer, const EncoderDims& dims, double eps,
-    const std::vector<int64_t>& cu_seqlens, const bool* key_is_real) {
+    const std::vector<int64_t>& cu_seqlens, const bool* key_is_real, const at::Tensor& fp8_ffn_scales) {
   auto w = [&](WeightSlot slot) -> const at::Tensor& { return layer_weight(weights, layer, slot); };
   const at::Tensor qkv = linear_no_bias(x, w(kQkvWeight));
   at::Tensor context = at::empty_like(x);
@@ -64,17 +86,25 @@ at::Tensor run_layer(
   at::Tensor attn = linear_no_bias(context, w(kAttnOutWeight));
   bias_residual_layernorm_(attn, w(kAttnOutBias), x, w(kLn1Weight), w(kLn1Bias), eps);
 
-  at::Tensor inner = linear_no_bias(attn, w(kFfn1Weight));
-  bias_activation_(inner, w(kFfn1Bias), dims.activation);
-  at::Tensor out = linear_no_bias(inner, w(kFfn2Weight));
+  at::Tensor out;
+  if (dims.fp8_ffn) {
+    out = fp8_ffn(attn, weights, layer, fp8_ffn_scales.select(0, layer));
+  } else {
+    at::Tensor inner = linear_no_bias(attn, w(kFfn1Weight));
+    bias_activation_(inner, w(kFfn1Bias), dims.activation);
+    out = linear_no_bias(inner, w(kFfn2Weight));
+  }
   bias_residual_layernorm_(out, w(kFfn2Bias), attn, w(kLn2Weight), w(kLn2Bias), eps);
   return out;
 }
 
 at::Tensor encoder_cpu(
     const at::Tensor& hidden, const at::Tensor& attention_mask, at::TensorList weights, int64_t num_heads,
-    double layer_norm_eps, c10::string_view activation, bool remove_padding) {
-  const EncoderDims dims = check_encoder_args(hidden, attention_mask, weights, num_heads, layer_norm_eps, activation);
+    double layer_norm_eps, c10::string_view activation, bool remove_padding,
+    const std::optional<at::Tensor>& fp8_ffn_scales) {
+  const EncoderDims dims =
+      check_encoder_args(hidden, attention_mask, weights, num_heads, layer_norm_eps, activation, fp8_ffn_scales);
+  const at::Tensor scales = fp8_ffn_scales.value_or(at::Tensor());
   const int64_t rows = dims.batch * dims.seq_len;
   const at::Tensor flat = hidden.contiguous().view({rows, dims.hidden});
   PackedBatch packed = pack_real_tokens(attention_mask);
@@ -93,7 +123,7 @@ at::Tensor encoder_cpu(
   }
   const bool* key_flags = key_is_real.defined() ? key_is_real.data_ptr<bool>() : nullptr;
   for (int64_t layer = 0; layer < dims.num_layers; ++layer) {
-    x = run_layer(x, weights, layer, dims, layer_norm_eps, cu_seqlens, key_flags);
+    x = run_layer(x, weights, layer, dims, layer_norm_eps, cu_seqlens, key_flags, scales);
   }
 
   // Padding positions come back as zeros in both modes, so results never depend on what padding held.

@@ -1,5 +1,6 @@
 // The encoder on CUDA: pack real tokens on the device, run every layer on [T, H], scatter back.
 #include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -80,9 +81,13 @@ Epilogue activation_epilogue(Activation activation) {
 //   x = LN1(x + O(attn(QKV(x)))),  x = LN2(x + FFN2(act(FFN1(x))))
 // The QKV bias and FFN1's bias + activation go with their GEMMs (see linear()); the output projections'
 // biases fold into the residual + LayerNorm kernel.
+//
+// The FP8 FFN (fp8_ffn_scales defined): LN1 writes its output as e4m3 codes too, FFN1 writes the GELU's
+// output as codes, and FFN2 reads them (fusedbert/fp8.py).
 at::Tensor run_layer(
     const at::Tensor& x, at::TensorList weights, int64_t layer, const EncoderDims& dims, double eps,
-    const PackedBatch& packed, const at::Tensor& key_bias, const at::Tensor& workspace) {
+    const PackedBatch& packed, const at::Tensor& key_bias, const at::Tensor& fp8_ffn_scales,
+    const at::Tensor& workspace) {
   auto w = [&](WeightSlot slot) -> const at::Tensor& { return layer_weight(weights, layer, slot); };
   const int64_t rows = x.size(0), width = dims.hidden;
 
@@ -93,25 +98,47 @@ at::Tensor run_layer(
     const at::Tensor context = self_attention(qkv, packed, key_bias, dims);
     linear(attn, context, w(kAttnOutWeight), {}, Epilogue::None, workspace);
   }
-  bias_residual_layernorm_(attn, w(kAttnOutBias), x, w(kLn1Weight), w(kLn1Bias), eps);
-
-  at::Tensor inner = at::empty({rows, dims.intermediate}, x.options());
-  linear(inner, attn, w(kFfn1Weight), w(kFfn1Bias), activation_epilogue(dims.activation), workspace);
   at::Tensor out = at::empty({rows, width}, x.options());
-  linear(out, inner, w(kFfn2Weight), {}, Epilogue::None, workspace);
+  if (dims.fp8_ffn) {
+    const at::Tensor scales = fp8_ffn_scales.select(0, layer);
+    const auto codes = x.options().dtype(at::kFloat8_e4m3fn);
+    at::Tensor attn_codes = at::empty({rows, width}, codes);
+    bias_residual_layernorm_(attn, w(kAttnOutBias), x, w(kLn1Weight), w(kLn1Bias), eps,
+                             {&attn_codes, scales.const_data_ptr<float>() + kFfnInputInverse});
+    at::Tensor inner_codes = at::empty({rows, dims.intermediate}, codes);
+    fp8_linear(inner_codes, attn_codes, w(kFfn1Weight), w(kFfn1Bias), sm90::Fp8Stage::Ffn1, scales,
+               x.scalar_type(), workspace);
+    fp8_linear(out, inner_codes, w(kFfn2Weight), {}, sm90::Fp8Stage::Ffn2, scales, x.scalar_type(), workspace);
+  } else {
+    bias_residual_layernorm_(attn, w(kAttnOutBias), x, w(kLn1Weight), w(kLn1Bias), eps);
+    at::Tensor inner = at::empty({rows, dims.intermediate}, x.options());
+    linear(inner, attn, w(kFfn1Weight), w(kFfn1Bias), activation_epilogue(dims.activation), workspace);
+    linear(out, inner, w(kFfn2Weight), {}, Epilogue::None, workspace);
+  }
   bias_residual_layernorm_(out, w(kFfn2Bias), attn, w(kLn2Weight), w(kLn2Bias), eps);
   return out;
 }
 
 at::Tensor encoder_cuda(
     const at::Tensor& hidden, const at::Tensor& attention_mask, at::TensorList weights, int64_t num_heads,
-    double layer_norm_eps, c10::string_view activation, bool remove_padding) {
-  const EncoderDims dims = check_encoder_args(hidden, attention_mask, weights, num_heads, layer_norm_eps, activation);
+    double layer_norm_eps, c10::string_view activation, bool remove_padding,
+    const std::optional<at::Tensor>& fp8_ffn_scales) {
+  const EncoderDims dims =
+      check_encoder_args(hidden, attention_mask, weights, num_heads, layer_norm_eps, activation, fp8_ffn_scales);
   // 16-byte vector accesses in the fused kernels and flash attention's head sizes need these.
   TORCH_CHECK(dims.hidden % 8 == 0 && dims.head_dim % 8 == 0 && dims.intermediate % 8 == 0,
               "fusedbert::encoder (CUDA): hidden size, head size and intermediate size must be multiples of 8; got "
               "hidden ", dims.hidden, ", head ", dims.head_dim, ", intermediate ", dims.intermediate);
   const c10::cuda::CUDAGuard device_guard(hidden.device());
+  if (dims.fp8_ffn) {
+    TORCH_CHECK(fp8_linear_available(), "fusedbert::encoder (CUDA): the FP8 FFN needs a Hopper GPU (sm_90) and a "
+                "build with CUTLASS for sm_90a (csrc/cuda/sm90_gemm.h); this is ",
+                at::cuda::getCurrentDeviceProperties()->name);
+    // Rows of e4m3 codes are read by TMA, 16-byte aligned.
+    TORCH_CHECK(dims.hidden % 16 == 0 && dims.intermediate % 16 == 0, "fusedbert::encoder (CUDA): the FP8 FFN needs "
+                "hidden and intermediate sizes that are multiples of 16; got ", dims.hidden, " and ", dims.intermediate);
+  }
+  const at::Tensor scales = fp8_ffn_scales.value_or(at::Tensor());
 
   const int64_t rows = dims.batch * dims.seq_len;
   const at::Tensor flat = hidden.contiguous().view({rows, dims.hidden});
@@ -142,7 +169,7 @@ at::Tensor encoder_cuda(
     key_bias = key_padding_bias(attention_mask, hidden.scalar_type());
   }
   for (int64_t layer = 0; layer < dims.num_layers; ++layer) {
-    x = run_layer(x, weights, layer, dims, layer_norm_eps, packed, key_bias, workspace);
+    x = run_layer(x, weights, layer, dims, layer_norm_eps, packed, key_bias, scales, workspace);
   }
   // Padding positions come back as zeros in both modes, as on CPU.
   return scatter_real_tokens(x, packed, remove_padding).view({dims.batch, dims.seq_len, dims.hidden});

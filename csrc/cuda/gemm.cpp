@@ -18,6 +18,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "../encoder_args.h"
 #include "../settings.h"
 #include "kernels.h"
 #include "skinny_gemm.h"
@@ -368,7 +369,64 @@ std::vector<std::pair<std::string, int>> named_bias_gelu_kernels() {
   return named;
 }
 
+// The FP8 FFN's GEMMs: which tile configuration runs each shape. Persistent ping-pong tiles where they
+// fill the GPU, stream-K below that, until the shape is timed.
+int default_fp8_kernel(const PlanKey& key) {
+  constexpr int kPingpong = 0, kStreamK = 1, kTile = 128;
+  const int64_t tiles = ((key.m + kTile - 1) / kTile) * ((key.n + kTile - 1) / kTile);
+  return tiles >= at::cuda::getCurrentDeviceProperties()->multiProcessorCount ? kPingpong : kStreamK;
+}
+
 }  // namespace
+
+bool fp8_linear_available() {
+  const cudaDeviceProp* device = at::cuda::getCurrentDeviceProperties();
+  return sm90::fp8_kernel_count() > 0 && device->major == 9 && device->minor == 0;
+}
+
+void fp8_linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
+                sm90::Fp8Stage stage, const at::Tensor& scales, at::ScalarType model_dtype,
+                const at::Tensor& workspace) {
+  if (in.size(0) == 0) return;
+  const bool ffn1 = stage == sm90::Fp8Stage::Ffn1;
+  const float* steps = scales.const_data_ptr<float>();
+  const float* in_step = steps + (ffn1 ? kFfnInputStep : kFfnInnerStep);
+  const float* weight_step = steps + (ffn1 ? kFfn1WeightStep : kFfn2WeightStep);
+  const float* out_inverse = steps + kFfnInnerInverse;  // read by Ffn1 only
+  PlanKey key{model_dtype,
+              weight.size(0),
+              in.size(0),
+              weight.size(1),
+              ffn1 ? Epilogue::BiasGeluErf : Epilogue::None,
+              false,
+              common_alignment({out.data_ptr(), in.data_ptr(), weight.data_ptr(), ffn1 ? bias.data_ptr() : nullptr})};
+  const sm90::Element element = model_dtype == at::kHalf ? sm90::Element::Half : sm90::Element::BFloat16;
+  const int sm_count = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  auto run = [&](int kernel) {
+    return sm90::fp8_linear(kernel, stage, element, in.size(0), weight.size(0), weight.size(1), in.data_ptr(),
+                            weight.data_ptr(), ffn1 ? bias.data_ptr() : nullptr, in_step, weight_step, out_inverse,
+                            out.data_ptr(), workspace.data_ptr(), static_cast<size_t>(kWorkspaceBytes), sm_count,
+                            at::cuda::getCurrentCUDAStream());
+  };
+
+  thread_local std::unordered_map<PlanKey, KernelChoice, PlanKeyHash> choices;
+  KernelChoice& choice = cached(choices, key, [&] { return KernelChoice{default_fp8_kernel(key), false}; });
+  // Timing waits on events, which a stream being captured cannot do; the graph's warm-up tunes first.
+  if (!choice.tuned && gemm_autotuning_enabled() && !current_stream_is_capturing()) {
+    float best_ms = std::numeric_limits<float>::infinity();
+    for (int kernel = 0; kernel < sm90::fp8_kernel_count(); ++kernel) {
+      const float ms = cold_cache_ms([&] { return run(kernel) == nullptr; }, in);
+      if (ms < best_ms) {
+        best_ms = ms;
+        choice.kernel = kernel;
+      }
+    }
+    choice.tuned = true;
+  }
+  const char* error = run(choice.kernel);
+  TORCH_CHECK(error == nullptr, "fusedbert::encoder (CUDA): the FP8 FFN GEMM (", sm90::fp8_kernel_name(choice.kernel),
+              ") failed: ", error);
+}
 
 at::Tensor gemm_workspace(const at::Tensor& like) {
   at::Tensor workspace = at::empty({kWorkspaceBytes + kSkinnyCounterBytes}, like.options().dtype(at::kByte));

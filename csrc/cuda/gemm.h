@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "sm90_gemm.h"
+
 namespace fusedbert::cuda {
 
 enum class Epilogue {
@@ -47,5 +49,16 @@ void linear_bias_gelu(
     const at::Tensor& bias,
     const std::string& kernel,
     const at::Tensor& workspace);
+
+// Whether fp8_linear can run on the current device: a build with the Hopper CUTLASS kernels, on sm_90.
+bool fp8_linear_available();
+
+// One of the FP8 FFN's GEMMs (sm90::fp8_linear; fusedbert/fp8.py): in [T, K] and weight [N, K] e4m3
+// codes; out [T, N] e4m3 codes for Fp8Stage::Ffn1 (bias [N] in the model's dtype), the model's dtype for
+// Ffn2 (bias unused). `scales` is the layer's row of fp8_ffn_scales on the device. Picks a tile
+// configuration per shape, timed as linear() times its kernels.
+void fp8_linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
+                sm90::Fp8Stage stage, const at::Tensor& scales, at::ScalarType model_dtype,
+                const at::Tensor& workspace);
 
 }  // namespace fusedbert::cuda

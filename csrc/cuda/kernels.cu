@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/macros/Macros.h>
 #include <cub/block/block_scan.cuh>
+#include <cuda_fp8.h>
 
 #include <climits>
 #include <cstdint>
@@ -225,8 +226,9 @@ __device__ __forceinline__ float block_sum(float value) {
 // whose values this thread has added into `sum`; threads past the row hold none): mean and centred
 // variance in two passes over registers (the one-pass E[x^2] - E[x]^2 form loses digits on BERT's
 // large-mean activations), then out_row[col...] = (v - mean) * rstd * gamma + beta.
+// Returns what it stored (meaningless where !active).
 template <typename scalar_t>
-__device__ __forceinline__ void layernorm_pack_and_store(
+__device__ __forceinline__ Pack<scalar_t> layernorm_pack_and_store(
     const float (&v)[kVec<scalar_t>], float sum, bool active, int col, int width, float eps,
     const scalar_t* __restrict__ gamma, const scalar_t* __restrict__ beta, scalar_t* __restrict__ out_row) {
   constexpr int V = kVec<scalar_t>;
@@ -237,24 +239,43 @@ __device__ __forceinline__ void layernorm_pack_and_store(
     for (int j = 0; j < V; ++j) squares += (v[j] - mean) * (v[j] - mean);
   }
   const float rstd = rsqrtf(block_sum(squares) / width + eps);
+  Pack<scalar_t> out;
   if (active) {
     const Pack<scalar_t> g = load_pack(gamma + col);
     const Pack<scalar_t> bt = load_pack(beta + col);
-    Pack<scalar_t> out;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       out.v[j] = static_cast<scalar_t>((v[j] - mean) * rstd * static_cast<float>(g.v[j]) + static_cast<float>(bt.v[j]));
     }
     store_pack(out_row + col, out);
   }
+  return out;
+}
+
+// A pack's values, already rounded to scalar_t, times `inverse` and rounded to e4m3 codes (nearest,
+// saturating at +-448): the FP8 FFN's input as fusedbert.reference.fp8_ffn rounds it.
+template <typename scalar_t>
+__device__ __forceinline__ void store_e4m3(uint8_t* __restrict__ codes, const Pack<scalar_t>& pack, float inverse) {
+  constexpr int V = kVec<scalar_t>;
+  struct alignas(V) E4m3Pack {
+    __nv_fp8x2_storage_t pairs[V / 2];
+  } out;
+#pragma unroll
+  for (int j = 0; j < V / 2; ++j) {
+    const float2 pair = make_float2(static_cast<float>(pack.v[2 * j]) * inverse,
+                                    static_cast<float>(pack.v[2 * j + 1]) * inverse);
+    out.pairs[j] = __nv_cvt_float2_to_fp8x2(pair, __NV_SATFINITE, __NV_E4M3);  // .x in the low byte
+  }
+  *reinterpret_cast<E4m3Pack*>(codes) = out;
 }
 
 // One block per row, one 16-byte pack per thread, the row held in registers: a single read of y and
-// residual and a single write.
+// residual and a single write (two with e4m3 codes: codes[row] = e4m3(y[row] * *code_inverse)).
 template <typename scalar_t>
 __global__ void bias_residual_layernorm_kernel(
     scalar_t* __restrict__ y, const scalar_t* __restrict__ bias, const scalar_t* __restrict__ residual,
-    const scalar_t* __restrict__ gamma, const scalar_t* __restrict__ beta, int width, float eps) {
+    const scalar_t* __restrict__ gamma, const scalar_t* __restrict__ beta, int width, float eps,
+    uint8_t* __restrict__ codes, const float* __restrict__ code_inverse) {
   allow_dependent_grids();  // the next GEMM may start loading its weights
   constexpr int V = kVec<scalar_t>;
   const int64_t offset = static_cast<int64_t>(blockIdx.x) * width;
@@ -272,7 +293,8 @@ __global__ void bias_residual_layernorm_kernel(
       sum += v[j];
     }
   }
-  layernorm_pack_and_store<scalar_t>(v, sum, active, col, width, eps, gamma, beta, y + offset);
+  const Pack<scalar_t> out = layernorm_pack_and_store<scalar_t>(v, sum, active, col, width, eps, gamma, beta, y + offset);
+  if (codes != nullptr && active) store_e4m3(codes + offset + col, out, *code_inverse);
 }
 
 // ---- embeddings -------------------------------------------------------------------------------------
@@ -302,7 +324,6 @@ __global__ void embeddings_kernel(
     IndexView ids, IndexView token_types, IndexView positions, int64_t seq_len, const scalar_t* __restrict__ word,
     const scalar_t* __restrict__ token_type, const scalar_t* __restrict__ position, const scalar_t* __restrict__ gamma,
     const scalar_t* __restrict__ beta, scalar_t* __restrict__ out, int width, float eps) {
-  allow_dependent_grids();
   constexpr int V = kVec<scalar_t>;
   const int64_t token = blockIdx.x, b = token / seq_len, s = token % seq_len;
   const int col = threadIdx.x * V;
@@ -453,20 +474,22 @@ void bias_activation_(at::Tensor& x, const at::Tensor& bias, Activation activati
 
 void bias_residual_layernorm_(
     at::Tensor& y, const at::Tensor& bias, const at::Tensor& residual, const at::Tensor& gamma,
-    const at::Tensor& beta, double eps) {
+    const at::Tensor& beta, double eps, const E4m3Output& codes) {
   const int64_t rows = y.size(0), width = y.size(1);
   if (rows == 0) return;
   dispatch_storage_type(y.scalar_type(), "bias_residual_layernorm", [&](auto tag) {
     using scalar_t = decltype(tag);
     constexpr int V = kVec<scalar_t>;
     const bool aligned = pack_aligned<scalar_t>(y) && pack_aligned<scalar_t>(residual) &&
-                         pack_aligned<scalar_t>(bias) && pack_aligned<scalar_t>(gamma) && pack_aligned<scalar_t>(beta);
+                         pack_aligned<scalar_t>(bias) && pack_aligned<scalar_t>(gamma) && pack_aligned<scalar_t>(beta) &&
+                         (codes.codes == nullptr || pack_aligned<uint8_t>(*codes.codes));
     TORCH_CHECK(width % V == 0 && width / V <= 1024 && aligned, "fusedbert::encoder (CUDA): the hidden size must be a "
                 "multiple of ", V, " and at most ", 1024 * V, " with 16-byte aligned buffers; got ", width);
     const int threads = static_cast<int>((width / V + 31) / 32 * 32);
     bias_residual_layernorm_kernel<scalar_t><<<rows, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
         y.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), residual.data_ptr<scalar_t>(), gamma.data_ptr<scalar_t>(),
-        beta.data_ptr<scalar_t>(), static_cast<int>(width), static_cast<float>(eps));
+        beta.data_ptr<scalar_t>(), static_cast<int>(width), static_cast<float>(eps),
+        codes.codes ? static_cast<uint8_t*>(codes.codes->data_ptr()) : nullptr, codes.inverse);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

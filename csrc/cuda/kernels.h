@@ -58,14 +58,22 @@ void embeddings(const EmbeddingIndices& indices, const at::Tensor& word, const a
 // x[t, :] = act(x[t, :] + bias), in place. x: [T, N] contiguous; bias: [N].
 void bias_activation_(at::Tensor& x, const at::Tensor& bias, Activation activation);
 
-// y[t, :] = LayerNorm(y[t, :] + bias + residual[t, :]) * gamma + beta, in place.
-// y, residual: [T, H] contiguous; bias, gamma, beta: [H].
+// Where a kernel also writes its output as e4m3 codes: codes [T, N] float8_e4m3fn contiguous, each
+// e4m3(value * *inverse), `inverse` a float32 in device memory. None by default.
+struct E4m3Output {
+  at::Tensor* codes = nullptr;
+  const float* inverse = nullptr;
+};
+
+// y[t, :] = LayerNorm(y[t, :] + bias + residual[t, :]) * gamma + beta, in place, and into `codes` too
+// when given. y, residual: [T, H] contiguous; bias, gamma, beta: [H].
 void bias_residual_layernorm_(
     at::Tensor& y,
     const at::Tensor& bias,
     const at::Tensor& residual,
     const at::Tensor& gamma,
     const at::Tensor& beta,
-    double eps);
+    double eps,
+    const E4m3Output& codes = {});
 
 }  // namespace fusedbert::cuda

@@ -1,9 +1,10 @@
-// The CUTLASS kernels behind sm90::linear_bias_gelu (sm90_gemm.h): one template, instantiated per tile
-// configuration by sm90_gemm_<configuration>.cu (one file each, so the slow compiles run in parallel).
+// The CUTLASS kernels behind sm90::linear_bias_gelu and sm90::fp8_linear (sm90_gemm.h): a template each,
+// instantiated per tile configuration by sm90_gemm_<configuration>.cu (one file each, so the slow compiles
+// run in parallel).
 //
 // The problem is posed as cuBLASLt's is in gemm.cpp: D[n, tokens] = weight[n, k] @ in[tokens, k]^T,
-// column-major D being out[tokens, n] row-major, so both operands are K-major (what wgmma reads best)
-// and the bias runs along D's rows.
+// column-major D being out[tokens, n] row-major, so both operands are K-major (what wgmma reads best, and
+// the only layout its FP8 form takes) and the bias runs along D's rows.
 #pragma once
 
 #include "gelu.cuh"
@@ -15,6 +16,7 @@
 #include <cutlass/epilogue/fusion/operations.hpp>
 #include <cutlass/gemm/collective/collective_builder.hpp>
 #include <cutlass/gemm/device/gemm_universal_adapter.h>
+#include <cutlass/epilogue/thread/activation.h>
 #include <cutlass/gemm/kernel/gemm_universal.hpp>
 
 namespace fusedbert::cuda::sm90::detail {
@@ -34,6 +36,29 @@ struct GeluErfLowPrecision<cutlass::Array<float, N>> {
     return y;
   }
 };
+
+// Checks that CUTLASS can run `args` in the workspace given, then runs it on `stream`: nullptr, or what failed.
+template <typename Gemm>
+const char* launch(const typename Gemm::Arguments& args, void* workspace, size_t workspace_bytes,
+                   cudaStream_t stream) {
+  using Kernel = typename Gemm::GemmKernel;
+  if (Gemm::can_implement(args) != cutlass::Status::kSuccess) return "CUTLASS cannot implement this shape";
+  if (Gemm::get_workspace_size(args) > workspace_bytes) return "CUTLASS needs a larger workspace";
+  // The shared-memory opt-in belongs to the current device's copy of the kernel, so it is set at every
+  // launch (a host-side call, allowed while a stream is captured), as attention.cu does.
+  constexpr int kSharedBytes = Kernel::SharedStorageSize;
+  if constexpr (kSharedBytes >= (48 << 10)) {
+    const cudaError_t status = cudaFuncSetAttribute(cutlass::device_kernel<Kernel>,
+                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes);
+    if (status != cudaSuccess) return cudaGetErrorString(status);
+  }
+  if (Kernel::initialize_workspace(args, workspace, stream) != cutlass::Status::kSuccess) {
+    return "CUTLASS could not initialize its workspace";
+  }
+  typename Kernel::Params params = Kernel::to_underlying_arguments(args, workspace);
+  if (Gemm::run(params, stream) != cutlass::Status::kSuccess) return cudaGetErrorString(cudaGetLastError());
+  return nullptr;
+}
 
 // Warp-specialized: a producer warp streams tiles in by TMA for the consumer warp groups. Cooperative
 // schedules (KernelTmaWarpSpecializedCooperative with epilogue TmaWarpSpecializedCooperative) have both
@@ -86,22 +111,83 @@ struct BiasGeluGemm {
     args.epilogue.thread.beta = 0.0f;
     args.epilogue.thread.bias_ptr = static_cast<const Element*>(bias);
 
-    if (Gemm::can_implement(args) != cutlass::Status::kSuccess) return "CUTLASS cannot implement this shape";
-    if (Gemm::get_workspace_size(args) > workspace_bytes) return "CUTLASS needs a larger workspace";
-    // The shared-memory opt-in belongs to the current device's copy of the kernel, so it is set at every
-    // launch (a host-side call, allowed while a stream is captured), as attention.cu does.
-    constexpr int kSharedBytes = Kernel::SharedStorageSize;
-    if constexpr (kSharedBytes >= (48 << 10)) {
-      const cudaError_t status = cudaFuncSetAttribute(cutlass::device_kernel<Kernel>,
-                                                      cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes);
-      if (status != cudaSuccess) return cudaGetErrorString(status);
-    }
-    if (Kernel::initialize_workspace(args, workspace, stream) != cutlass::Status::kSuccess) {
-      return "CUTLASS could not initialize its workspace";
-    }
-    typename Kernel::Params params = Kernel::to_underlying_arguments(args, workspace);
-    if (Gemm::run(params, stream) != cutlass::Status::kSuccess) return cudaGetErrorString(cudaGetLastError());
-    return nullptr;
+    return launch<Gemm>(args, workspace, workspace_bytes, stream);
+  }
+};
+
+// The FP8 FFN's GEMMs (sm90::fp8_linear): e4m3 operands, float32 accumulation (CUTLASS's FP8 mainloop
+// adds the tensor cores' partial sums into float32 registers every few k-blocks; the "fast accumulation"
+// schedules that skip this lose digits over BERT's k = 3072), and an epilogue
+//   D = scale_d * activation(acc * (*in_step) * (*weight_step) + bias[row])
+// where scale_d (*out_inverse) applies only to an e4m3 D. The steps are read from device memory, so one
+// launch serves every layer and a captured graph keeps no host copy of them.
+template <typename ElementOut, typename ElementBias, template <class> class Activation, typename TileShape_,
+          typename ClusterShape_, typename KernelSchedule, typename EpilogueSchedule, typename TileScheduler>
+struct Fp8Gemm {
+  using ElementIn = cutlass::float_e4m3_t;
+  using Accumulator = float;
+  static constexpr int kInAlignment = 16;  // elements per 16-byte TMA access
+  static constexpr int kOutAlignment = 16 / sizeof(ElementOut);
+  using TileShape = TileShape_;
+  using ClusterShape = ClusterShape_;
+
+  using Fusion = cutlass::epilogue::fusion::ScaledLinCombPerRowBiasEltAct<Activation, ElementOut, Accumulator,
+                                                                           ElementBias, ElementOut, Accumulator>;
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, Accumulator, Accumulator, void,
+      cutlass::layout::ColumnMajor, kOutAlignment, ElementOut, cutlass::layout::ColumnMajor, kOutAlignment,
+      EpilogueSchedule, Fusion>::CollectiveOp;
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementIn, cutlass::layout::RowMajor, kInAlignment,
+      ElementIn, cutlass::layout::ColumnMajor, kInAlignment, Accumulator, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      KernelSchedule>::CollectiveOp;
+  using Kernel =
+      cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue, TileScheduler>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
+  static const char* run(int64_t tokens, int64_t n, int64_t k, const void* in, const void* weight, const void* bias,
+                         const float* in_step, const float* weight_step, const float* out_inverse, void* out,
+                         void* workspace, size_t workspace_bytes, int sm_count, cudaStream_t stream) {
+    const int m_rows = static_cast<int>(n), n_cols = static_cast<int>(tokens), depth = static_cast<int>(k);
+    typename Kernel::StrideA stride_a = cute::make_stride(int64_t{depth}, cute::Int<1>{}, int64_t{0});
+    typename Kernel::StrideB stride_b = cute::make_stride(int64_t{depth}, cute::Int<1>{}, int64_t{0});
+    typename Kernel::StrideD stride_d = cute::make_stride(cute::Int<1>{}, int64_t{m_rows}, int64_t{0});
+    cutlass::KernelHardwareInfo hardware;
+    hardware.sm_count = sm_count;
+    typename Gemm::Arguments args{
+        cutlass::gemm::GemmUniversalMode::kGemm,
+        {m_rows, n_cols, depth, 1},
+        {static_cast<const ElementIn*>(weight), stride_a, static_cast<const ElementIn*>(in), stride_b},
+        {{}, nullptr, stride_d, static_cast<ElementOut*>(out), stride_d},
+        hardware};
+    auto& fusion = args.epilogue.thread;
+    fusion.alpha = 1.0f;
+    fusion.beta = 0.0f;
+    fusion.scale_a_ptr = weight_step;  // A is the weight here, B the input
+    fusion.scale_b_ptr = in_step;
+    fusion.scale_d_ptr = out_inverse;
+    fusion.bias_ptr = static_cast<const ElementBias*>(bias);  // nullptr: no bias
+    return launch<Gemm>(args, workspace, workspace_bytes, stream);
+  }
+};
+
+// Instantiates one tile configuration's four FP8 kernels (FFN1 with bias + GELU to e4m3, FFN2 to the
+// model's dtype; float16 and bfloat16) as an Fp8TileConfig.
+template <typename TileShape, typename ClusterShape, typename KernelSchedule, typename EpilogueSchedule,
+          typename TileScheduler>
+struct Fp8Configuration {
+  template <typename Element>
+  using Ffn1 = Fp8Gemm<cutlass::float_e4m3_t, Element, GeluErfLowPrecision, TileShape, ClusterShape, KernelSchedule,
+                       EpilogueSchedule, TileScheduler>;
+  template <typename Element>
+  using Ffn2 = Fp8Gemm<Element, Element, cutlass::epilogue::thread::Identity, TileShape, ClusterShape, KernelSchedule,
+                       EpilogueSchedule, TileScheduler>;
+
+  static constexpr Fp8TileConfig make(const char* name) {
+    return {name, &Ffn1<cutlass::half_t>::run, &Ffn1<cutlass::bfloat16_t>::run, &Ffn2<cutlass::half_t>::run,
+            &Ffn2<cutlass::bfloat16_t>::run};
   }
 };
 

@@ -29,6 +29,24 @@ const char* linear_bias_gelu(int kernel, Element element, int64_t tokens, int64_
                              const void* weight, const void* bias, void* out, void* workspace,
                              size_t workspace_bytes, int sm_count, cudaStream_t stream);
 
+// The FP8 FFN's GEMMs (fusedbert/fp8.py): in [tokens, k] and weight [n, k] e4m3 codes, accumulated in
+// float32; in_step, weight_step and out_inverse point to float32 scalars in device memory.
+enum class Fp8Stage {
+  Ffn1,  // out[tokens, n] = e4m3(gelu_erf(in @ weight^T * in_step * weight_step + bias[n]) * out_inverse)
+  Ffn2,  // out[tokens, n] = in @ weight^T * in_step * weight_step, in `element` (bias and out_inverse unused)
+};
+
+// Tile configurations of fp8_linear built, and each one's name.
+int fp8_kernel_count();
+const char* fp8_kernel_name(int kernel);
+
+// `element` is the model's dtype: the bias's, and Ffn2's output's. Requirements and result as for
+// linear_bias_gelu, with k and n multiples of 16.
+const char* fp8_linear(int kernel, Fp8Stage stage, Element element, int64_t tokens, int64_t n, int64_t k,
+                       const void* in, const void* weight, const void* bias, const float* in_step,
+                       const float* weight_step, const float* out_inverse, void* out, void* workspace,
+                       size_t workspace_bytes, int sm_count, cudaStream_t stream);
+
 namespace detail {
 
 using Launch = const char* (*)(int64_t tokens, int64_t n, int64_t k, const void* in, const void* weight,
@@ -41,9 +59,24 @@ struct TileConfig {
   Launch bfloat16;
 };
 
+using Fp8Launch = const char* (*)(int64_t tokens, int64_t n, int64_t k, const void* in, const void* weight,
+                                  const void* bias, const float* in_step, const float* weight_step,
+                                  const float* out_inverse, void* out, void* workspace, size_t workspace_bytes,
+                                  int sm_count, cudaStream_t stream);
+
+struct Fp8TileConfig {
+  const char* name;
+  Fp8Launch ffn1_half;
+  Fp8Launch ffn1_bfloat16;
+  Fp8Launch ffn2_half;
+  Fp8Launch ffn2_bfloat16;
+};
+
 // One per sm90_gemm_<configuration>.cu.
 extern const TileConfig kPingpong128x128;
 extern const TileConfig kCooperative128x256;
+extern const Fp8TileConfig kFp8Pingpong128x128;
+extern const Fp8TileConfig kFp8StreamK128x128;
 
 }  // namespace detail
 }  // namespace fusedbert::cuda::sm90

@@ -1,0 +1,15 @@
+// sm90::fp8_linear with ping-pong 128 x 128 tiles, 128 deep (see sm90_gemm.cuh). Empty unless setup.py found
+// CUTLASS.
+#ifdef FUSEDBERT_WITH_SM90_GEMM
+#include "sm90_gemm.cuh"
+
+namespace fusedbert::cuda::sm90::detail {
+
+using Configuration =
+    Fp8Configuration<cute::Shape<cute::_128, cute::_128, cute::_128>, cute::Shape<cute::_2, cute::_1, cute::_1>,
+                     cutlass::gemm::KernelTmaWarpSpecializedPingpong, cutlass::epilogue::TmaWarpSpecialized, void>;
+
+extern const Fp8TileConfig kFp8Pingpong128x128 = Configuration::make("cutlass_sm90_fp8_pingpong_128x128");
+
+}  // namespace fusedbert::cuda::sm90::detail
+#endif
