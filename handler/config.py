@@ -102,6 +102,7 @@ class HandlerConfig:
     captum_n_steps: int = 50
     cuda_graph_buckets: tuple[tuple[int, ...], ...] = ()  # [batch_size, seq_len(, max_tokens)] each
     cuda_graph_warmup: bool = True
+    fp8_ffn: bool = False  # "pretrained" mode; a traced model has it from bert_ft_trace.py --fp8_ffn
 
     @property
     def question_answering_stride(self) -> int:
@@ -168,7 +169,14 @@ class HandlerConfig:
         if "cuda_graph_warmup" in raw:
             values["cuda_graph_warmup"] = _boolean("cuda_graph_warmup", raw["cuda_graph_warmup"])
 
+        if "fp8_ffn" in raw:
+            values["fp8_ffn"] = _boolean("fp8_ffn", raw["fp8_ffn"])
+
         config = cls(**values)
+        if config.fp8_ffn and not (config.fused and config.save_mode == "pretrained"
+                                   and config.data_type in ("float16", "bfloat16")):
+            raise ConfigError(f'{SOURCE}: "fp8_ffn": true needs "FasterTransformer": true, "save_mode": "pretrained" '
+                              'and "data_type" fp16 or bf16 (a traced model gets it from bert_ft_trace.py --fp8_ffn)')
         if config.question_answering_stride >= config.max_length // 2:
             raise _error("doc_stride", f"smaller than half of max_length ({config.max_length // 2})",
                          raw.get("doc_stride"))

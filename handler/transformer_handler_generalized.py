@@ -117,7 +117,7 @@ class TransformersFusedHandler(BaseHandler):
         if self.config.fused:
             import fusedbert
 
-            fusedbert.fuse(self.hf_model)
+            fusedbert.fuse(self.hf_model, fp8_ffn=self.config.fp8_ffn)
         if self.config.captum_explanation:
             self._embeddings()  # fail at load, not at the first /explanations call
         return TracedTaskModule(self.hf_model, self.config.mode)

@@ -212,6 +212,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="thsext: fused encoder; ori: Hugging Face's encoder, traced the same way")
     parser.add_argument("--remove_padding", action=argparse.BooleanOptionalAction, default=True,
                         help="run the fused encoder on real tokens only (default on)")
+    parser.add_argument("--fp8_ffn", action="store_true",
+                        help="run every FFN in FP8 (fusedbert/fp8.py; --data_type fp16 or bf16, fast on Hopper)")
     parser.add_argument("--num_labels", type=int, help="labels of a new classification head")
     parser.add_argument("--device", choices=["cpu", "cuda"],
                         default="cuda" if torch.cuda.is_available() else "cpu")
@@ -228,6 +230,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--device cuda: no CUDA device is available here; use --device cpu")
     if args.data_type == "fp16" and args.device == "cpu":
         parser.error("--data_type fp16 needs --device cuda; on CPU use --data_type bf16")
+    if args.fp8_ffn and (args.model_type != "thsext" or args.data_type == "fp32"):
+        parser.error("--fp8_ffn needs --model_type thsext and --data_type fp16 or bf16")
     args.tokenizer_name = args.tokenizer_name or args.model_name_or_path
     args.output = args.output or ("traced_model.pt2" if args.format == "export" else "traced_model.pt")
     return args
@@ -240,7 +244,7 @@ def build(args: argparse.Namespace) -> str:
     hf_in_dtype = reference if dtype == torch.float32 else copy.deepcopy(reference).to(dtype)
     target = hf_in_dtype if args.model_type == "ori" else copy.deepcopy(hf_in_dtype)
     if args.model_type == "thsext":
-        fusedbert.fuse(target, remove_padding=args.remove_padding)
+        fusedbert.fuse(target, remove_padding=args.remove_padding, fp8_ffn=args.fp8_ffn)
     module = TracedTaskModule(target, args.mode)
 
     tokenizer = load_tokenizer(args.tokenizer_name)
@@ -248,7 +252,8 @@ def build(args: argparse.Namespace) -> str:
     if args.seq_len > max_len:
         raise ValueError(f"--seq_len {args.seq_len} is longer than the model's max_position_embeddings {max_len}")
     token_level = args.mode in TOKEN_LEVEL_MODES
-    reference_module = TracedTaskModule(reference, args.mode)
+    # An FP8 model is held to its own eager outputs: its distance from fp32 is FP8's, bounded in tests/test_fp8.py.
+    reference_module = module if args.fp8_ffn else TracedTaskModule(reference, args.mode)
     cases = []
     with torch.no_grad():
         for lengths in verification_lengths(args.batch_size, args.seq_len, max_len):
@@ -277,10 +282,12 @@ def build(args: argparse.Namespace) -> str:
     report = verify(args.output, cases, atol, library=library, device=args.device)
     if args.model_type == "thsext":
         encoder = "fused encoder, " + ("padding removed" if args.remove_padding else "padded")
+        encoder += ", FP8 FFN" if args.fp8_ffn else ""
     else:
         encoder = "Hugging Face encoder"
+    against = "the eager FP8 model" if args.fp8_ffn else "Hugging Face fp32"
     return (f"{args.mode}: {args.model_type} ({encoder}), {args.data_type} on {args.device} -> "
-            f"{os.path.abspath(args.output)} [{args.format}]; max |diff| vs Hugging Face fp32 on unseen batches "
+            f"{os.path.abspath(args.output)} [{args.format}]; max |diff| vs {against} on unseen batches "
             f"{report.shapes}: {report.max_diff:.3g} (eager {eager_diff:.3g}, tolerance {atol:.3g})")
 
 
