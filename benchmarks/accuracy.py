@@ -51,7 +51,8 @@ from .texts import load_qa_pairs, load_sentences
 CHECKPOINT = "sentence-transformers/all-MiniLM-L6-v2"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEVICE_DTYPES = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "fp16", "bf16")}
-SYSTEMS = ("hf", "fused")
+SYSTEMS = ("hf", "fused", "fused_fp8")
+FP8_DTYPES = ("fp16", "bf16")  # the FP8 FFN serves these (fusedbert/fp8.py)
 NUM_LABELS = 2
 MAX_LENGTH = 128
 SHUFFLE_SEED = 0
@@ -138,12 +139,12 @@ def load_task_models() -> dict[str, torch.nn.Module]:
 
 
 def system_models(reference_models: dict, device: str, dtype: torch.dtype,
-                  fused: bool) -> Iterator[tuple[str, torch.nn.Module]]:
-    """Copies of the reference models in ``dtype`` on ``device``, fused when asked, one after another."""
+                  system: str) -> Iterator[tuple[str, torch.nn.Module]]:
+    """Copies of the reference models in ``dtype`` on ``device`` as ``system`` runs them, one after another."""
     for mode, reference_model in reference_models.items():
         model = copy.deepcopy(reference_model).to(device=device, dtype=dtype)
-        if fused:
-            fusedbert.fuse(model)
+        if system != "hf":
+            fusedbert.fuse(model, fp8_ffn=system == "fused_fp8")
         yield mode, model
 
 
@@ -200,7 +201,8 @@ def markdown_table(header: dict, rows: list[Row]) -> str:
         "",
         "Every row is compared with Hugging Face fp32 on the CPU. `hf` is plain Hugging Face in that dtype on "
         "that device (what the dtype costs); `fused` is `fusedbert.fuse()` of the same model (what fusion adds "
-        "on top). Hidden-state differences are over real tokens only. An untrained head's logits are nearly tied, "
+        "on top); `fused_fp8` is `fusedbert.fuse(fp8_ffn=True)`, every FFN in FP8 (fusedbert/fp8.py; on the CPU "
+        "its rounding is emulated). Hidden-state differences are over real tokens only. An untrained head's logits are nearly tied, "
         "so argmax flips are likely wherever any rounding moves the logits; *largest margin flipped* is the "
         "reference's top-2 logit gap for the most decided sentence whose class changed.",
         "",
@@ -236,7 +238,9 @@ def main(argv=None) -> int:
         rows = []
         for dtype_name in DEVICE_DTYPES[device]:
             for system in SYSTEMS:
-                models = system_models(reference_models, device, DTYPES[dtype_name], fused=system == "fused")
+                if system == "fused_fp8" and dtype_name not in FP8_DTYPES:
+                    continue
+                models = system_models(reference_models, device, DTYPES[dtype_name], system)
                 rows.append(compare(device, dtype_name, system, run_system(models, device, texts, qa), reference))
         header = {
             "device": device, "device_name": device_name(torch.device(device)),

@@ -30,7 +30,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MEMORY_KEYS = ("peak_mem_mb", "peak_extra_mem_mb")
 FUSED_STYLE = dict(color="tab:red", linewidth=2.5)
-SYSTEM_STYLES = {"fusedbert": FUSED_STYLE, "fusedbert_graphs": dict(FUSED_STYLE, linestyle="--"), "fused": FUSED_STYLE,
+SYSTEM_STYLES = {"fusedbert": FUSED_STYLE, "fusedbert_graphs": dict(FUSED_STYLE, linestyle="--"),
+                 "fusedbert_fp8_graphs": dict(FUSED_STYLE, linestyle=":"), "fused": FUSED_STYLE,
                  "stock": dict(color="tab:blue"),
                  "hf_eager": dict(color="tab:orange"), "hf_sdpa": dict(color="tab:green"),
                  "nested": dict(color="tab:purple"), "compile": dict(color="tab:blue"), "ort": dict(color="tab:brown")}

@@ -23,17 +23,21 @@ from fusedbert.encoder import SLOT_NAMES
 
 from .workloads import Batch
 
-SYSTEMS = ("fusedbert", "fusedbert_graphs", "hf_eager", "hf_sdpa", "nested", "compile", "ort")
+SYSTEMS = ("fusedbert", "fusedbert_graphs", "fusedbert_fp8_graphs", "hf_eager", "hf_sdpa", "nested", "compile", "ort")
 # fusedbert's own variants: the ratio to the best peer compares each with the systems not listed here.
-OWN_SYSTEMS = ("fusedbert", "fusedbert_graphs")
+OWN_SYSTEMS = ("fusedbert", "fusedbert_graphs", "fusedbert_fp8_graphs")
 
 EncoderFn = Callable[[Batch], torch.Tensor]
 
 
 def unsupported_reason(system: str, device: torch.device, dtype: torch.dtype) -> str | None:
     """Why ``system`` is not run on this device and dtype, or None when it is."""
-    if system == "fusedbert_graphs" and device.type != "cuda":
+    if system in ("fusedbert_graphs", "fusedbert_fp8_graphs") and device.type != "cuda":
         return "CUDA graphs need a GPU"
+    if system == "fusedbert_fp8_graphs" and dtype not in (torch.float16, torch.bfloat16):
+        return "the FP8 FFN serves float16/bfloat16 models"
+    if system == "fusedbert_fp8_graphs" and torch.cuda.get_device_capability(device) != (9, 0):
+        return "the FP8 FFN's kernels are Hopper's (sm_90)"
     if system == "ort" and device.type != "cpu":
         return "ONNX Runtime is benchmarked on CPU only (CPUExecutionProvider)"
     if system == "ort" and dtype != torch.float32:
@@ -205,8 +209,9 @@ def build_systems(names: list[str], reference: BertModel, dtype: torch.dtype, de
             systems[name] = OrtEncoder(reference, ort_example)
         elif name == "fusedbert":
             systems[name] = hf_forward(fusedbert.fuse(hf_model(reference, dtype, "sdpa")))
-        elif name == "fusedbert_graphs":
-            systems[name] = GraphedFusedEncoder(fusedbert.fuse(hf_model(reference, dtype, "sdpa")), device)
+        elif name in ("fusedbert_graphs", "fusedbert_fp8_graphs"):
+            fused = fusedbert.fuse(hf_model(reference, dtype, "sdpa"), fp8_ffn=name == "fusedbert_fp8_graphs")
+            systems[name] = GraphedFusedEncoder(fused, device)
         else:
             raise ValueError(f"unknown system {name!r}; expected one of {', '.join(SYSTEMS)}")
     return systems, skipped
