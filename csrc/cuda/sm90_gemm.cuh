@@ -115,9 +115,11 @@ struct BiasGeluGemm {
   }
 };
 
-// The FP8 FFN's GEMMs (sm90::fp8_linear): e4m3 operands, float32 accumulation (CUTLASS's FP8 mainloop
-// adds the tensor cores' partial sums into float32 registers every few k-blocks; the "fast accumulation"
-// schedules that skip this lose digits over BERT's k = 3072), and an epilogue
+// The FP8 FFN's GEMMs (sm90::fp8_linear): e4m3 operands, accumulated by the tensor cores across the whole
+// k loop ("fast accumulation" schedules). CUTLASS's promoting mainloop, which adds the partial sums into
+// float32 registers every few k-blocks, measured no faster than float16 on the H100 (1.62 against 1.67 ms
+// for bert-base's FFNs at 8,990 tokens; fast accumulation 1.33 ms), and the digits it keeps are far below
+// e4m3's own rounding (tests/test_fp8.py holds the result to the float32 reference either way). Epilogue:
 //   D = scale_d * activation(acc * (*in_step) * (*weight_step) + bias[row])
 // where scale_d (*out_inverse) applies only to an e4m3 D. The steps are read from device memory, so one
 // launch serves every layer and a captured graph keeps no host copy of them.

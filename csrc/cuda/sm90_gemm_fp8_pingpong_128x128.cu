@@ -7,7 +7,8 @@ namespace fusedbert::cuda::sm90::detail {
 
 using Configuration =
     Fp8Configuration<cute::Shape<cute::_128, cute::_128, cute::_128>, cute::Shape<cute::_2, cute::_1, cute::_1>,
-                     cutlass::gemm::KernelTmaWarpSpecializedPingpong, cutlass::epilogue::TmaWarpSpecialized, void>;
+                     cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum, cutlass::epilogue::TmaWarpSpecialized,
+                     void>;
 
 extern const Fp8TileConfig kFp8Pingpong128x128 = Configuration::make("cutlass_sm90_fp8_pingpong_128x128");
 

@@ -7,7 +7,7 @@ namespace fusedbert::cuda::sm90::detail {
 
 using Configuration =
     Fp8Configuration<cute::Shape<cute::_128, cute::_128, cute::_128>, cute::Shape<cute::_1, cute::_1, cute::_1>,
-                     cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                     cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum,
                      cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::StreamKScheduler>;
 
 extern const Fp8TileConfig kFp8StreamK128x128 = Configuration::make("cutlass_sm90_fp8_streamk_128x128");
