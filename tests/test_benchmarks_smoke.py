@@ -17,11 +17,11 @@ def test_accuracy_report_on_eight_sentences_writes_its_table(tmp_path):
     report = json.loads((tmp_path / "accuracy-cpu.json").read_text())
     assert report["header"]["sentences"] == 8 and report["header"]["qa_pairs"] == 8
     rows = {(row["dtype"], row["system"]): row for row in report["rows"]}
-    assert set(rows) == {("fp32", "hf"), ("fp32", "fused"), ("bf16", "hf"), ("bf16", "fused")}
+    assert set(rows) == {("fp32", "hf"), ("fp32", "fused"), ("bf16", "hf"), ("bf16", "fused"), ("bf16", "fused_fp8")}
     assert rows[("fp32", "fused")]["hidden_max_abs_diff"] < 1e-4
     assert rows[("fp32", "fused")]["class_argmax_agreement"] == 1.0
     table = (tmp_path / "accuracy-cpu.md").read_text()
-    assert table.count("\n| fp32 |") == 2 and table.count("\n| bf16 |") == 2
+    assert table.count("\n| fp32 |") == 2 and table.count("\n| bf16 |") == 3
 
 
 def test_serving_benchmark_reads_handler_metrics_once_per_batch_of_its_model(tmp_path):
