@@ -37,6 +37,25 @@ struct GeluErfLowPrecision<cutlass::Array<float, N>> {
   }
 };
 
+// Arguments for out[tokens, n] = in[tokens, k] @ weight[n, k]^T posed as D[n, tokens] (see the top): both
+// operands K-major, D column-major, no C. The epilogue's fusion arguments are left to the caller.
+template <typename Gemm, typename ElementIn, typename ElementOut>
+typename Gemm::Arguments token_major_arguments(int64_t tokens, int64_t n, int64_t k, const void* in,
+                                               const void* weight, void* out, int sm_count) {
+  using Kernel = typename Gemm::GemmKernel;
+  const int m_rows = static_cast<int>(n), n_cols = static_cast<int>(tokens), depth = static_cast<int>(k);
+  typename Kernel::StrideA stride_a = cute::make_stride(int64_t{depth}, cute::Int<1>{}, int64_t{0});
+  typename Kernel::StrideB stride_b = cute::make_stride(int64_t{depth}, cute::Int<1>{}, int64_t{0});
+  typename Kernel::StrideD stride_d = cute::make_stride(cute::Int<1>{}, int64_t{m_rows}, int64_t{0});
+  cutlass::KernelHardwareInfo hardware;
+  hardware.sm_count = sm_count;
+  return {cutlass::gemm::GemmUniversalMode::kGemm,
+          {m_rows, n_cols, depth, 1},
+          {static_cast<const ElementIn*>(weight), stride_a, static_cast<const ElementIn*>(in), stride_b},
+          {{}, nullptr, stride_d, static_cast<ElementOut*>(out), stride_d},
+          hardware};
+}
+
 // Checks that CUTLASS can run `args` in the workspace given, then runs it on `stream`: nullptr, or what failed.
 template <typename Gemm>
 const char* launch(const typename Gemm::Arguments& args, void* workspace, size_t workspace_bytes,
@@ -95,18 +114,8 @@ struct BiasGeluGemm {
 
   static const char* run(int64_t tokens, int64_t n, int64_t k, const void* in, const void* weight, const void* bias,
                          void* out, void* workspace, size_t workspace_bytes, int sm_count, cudaStream_t stream) {
-    const int m_rows = static_cast<int>(n), n_cols = static_cast<int>(tokens), depth = static_cast<int>(k);
-    typename Kernel::StrideA stride_a = cute::make_stride(int64_t{depth}, cute::Int<1>{}, int64_t{0});
-    typename Kernel::StrideB stride_b = cute::make_stride(int64_t{depth}, cute::Int<1>{}, int64_t{0});
-    typename Kernel::StrideD stride_d = cute::make_stride(cute::Int<1>{}, int64_t{m_rows}, int64_t{0});
-    cutlass::KernelHardwareInfo hardware;
-    hardware.sm_count = sm_count;
-    typename Gemm::Arguments args{
-        cutlass::gemm::GemmUniversalMode::kGemm,
-        {m_rows, n_cols, depth, 1},
-        {static_cast<const Element*>(weight), stride_a, static_cast<const Element*>(in), stride_b},
-        {{}, nullptr, stride_d, static_cast<Element*>(out), stride_d},
-        hardware};
+    typename Gemm::Arguments args =
+        token_major_arguments<Gemm, Element, Element>(tokens, n, k, in, weight, out, sm_count);
     args.epilogue.thread.alpha = 1.0f;
     args.epilogue.thread.beta = 0.0f;
     args.epilogue.thread.bias_ptr = static_cast<const Element*>(bias);
@@ -152,18 +161,8 @@ struct Fp8Gemm {
   static const char* run(int64_t tokens, int64_t n, int64_t k, const void* in, const void* weight, const void* bias,
                          const float* in_step, const float* weight_step, const float* out_inverse, void* out,
                          void* workspace, size_t workspace_bytes, int sm_count, cudaStream_t stream) {
-    const int m_rows = static_cast<int>(n), n_cols = static_cast<int>(tokens), depth = static_cast<int>(k);
-    typename Kernel::StrideA stride_a = cute::make_stride(int64_t{depth}, cute::Int<1>{}, int64_t{0});
-    typename Kernel::StrideB stride_b = cute::make_stride(int64_t{depth}, cute::Int<1>{}, int64_t{0});
-    typename Kernel::StrideD stride_d = cute::make_stride(cute::Int<1>{}, int64_t{m_rows}, int64_t{0});
-    cutlass::KernelHardwareInfo hardware;
-    hardware.sm_count = sm_count;
-    typename Gemm::Arguments args{
-        cutlass::gemm::GemmUniversalMode::kGemm,
-        {m_rows, n_cols, depth, 1},
-        {static_cast<const ElementIn*>(weight), stride_a, static_cast<const ElementIn*>(in), stride_b},
-        {{}, nullptr, stride_d, static_cast<ElementOut*>(out), stride_d},
-        hardware};
+    typename Gemm::Arguments args =
+        token_major_arguments<Gemm, ElementIn, ElementOut>(tokens, n, k, in, weight, out, sm_count);
     auto& fusion = args.epilogue.thread;
     fusion.alpha = 1.0f;
     fusion.beta = 0.0f;
