@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .library import load_library
-from .reference import embeddings_reference, encoder_reference
+from .reference import FP8_SCALES_PER_LAYER, TENSORS_PER_LAYER, embeddings_reference, encoder_reference
 
 load_library()
 
@@ -26,8 +26,9 @@ def _encoder_fake(hidden, attention_mask, weights, num_heads, layer_norm_eps, ac
           f"attention_mask {tuple(attention_mask.shape)} does not match hidden {tuple(hidden.shape)} in [batch, seq_len]")
     check(len(weights) > 0 and len(weights) % 12 == 0, f"weights must hold 12 tensors per layer; got {len(weights)}")
     if fp8_ffn_scales is not None:
-        check(fp8_ffn_scales.shape == (len(weights) // 12, 6) and fp8_ffn_scales.dtype == torch.float32,
-              f"fp8_ffn_scales must be float32 [num_layers, 6]; got {fp8_ffn_scales.dtype} {tuple(fp8_ffn_scales.shape)}")
+        check(fp8_ffn_scales.shape == (len(weights) // TENSORS_PER_LAYER, FP8_SCALES_PER_LAYER)
+              and fp8_ffn_scales.dtype == torch.float32,
+              f"fp8_ffn_scales must be float32 [num_layers, {FP8_SCALES_PER_LAYER}]; got {fp8_ffn_scales.dtype} {tuple(fp8_ffn_scales.shape)}")
     for tensor in (attention_mask, *weights, *([] if fp8_ffn_scales is None else [fp8_ffn_scales])):
         check(tensor.device == hidden.device, f"every tensor must be on hidden's device {hidden.device}; got {tensor.device}")
     return torch.empty_like(hidden, memory_format=torch.contiguous_format)

@@ -67,21 +67,27 @@ def mean_diff(a, b, mask) -> float:
     return (a[real].float() - b[real].float()).abs().mean().item()
 
 
-def check_against_reference(model: BertModel, lengths, dtype, device):
-    """The fused FP8 op against the reference of the same math computed in float32."""
-    encoder = fusedbert.fuse(copy.deepcopy(model), fp8_ffn=True).to(device, dtype).encoder
-    hidden, mask = embedded(model.to(device), lengths, dtype, device)
-    out = run_op(encoder, hidden, mask)
+def assert_close_to_float32_reference(out, encoder, hidden, mask):
+    """``out``, the FP8 encoder's output for ``hidden``, comes as close to the FP8 math computed in float32
+    as that math computed in hidden's dtype does."""
     weights = encoder.packed_weights()
     args = (encoder.num_heads, encoder.layer_norm_eps, encoder.activation, encoder.fp8_ffn_scales)
     with torch.no_grad():
         in_dtype = encoder_reference(hidden, mask, weights, *args)
         in_float32 = encoder_reference(hidden.float(), mask, [w if w.dtype == torch.float8_e4m3fn else w.float()
                                                               for w in weights], *args)
-    assert torch.isfinite(out).all()
-    assert (out[~mask.bool()] == 0).all()
     noise = mean_diff(in_dtype, in_float32, mask)
     assert mean_diff(out, in_float32, mask) <= DTYPE_NOISE_SHARE_MAX * noise, (mean_diff(out, in_float32, mask), noise)
+
+
+def check_against_reference(model: BertModel, lengths, dtype, device):
+    """The fused FP8 op against the reference of the same math computed in float32."""
+    encoder = fusedbert.fuse(copy.deepcopy(model), fp8_ffn=True).to(device, dtype).encoder
+    hidden, mask = embedded(model.to(device), lengths, dtype, device)
+    out = run_op(encoder, hidden, mask)
+    assert torch.isfinite(out).all()
+    assert (out[~mask.bool()] == 0).all()
+    assert_close_to_float32_reference(out, encoder, hidden, mask)
 
 
 # ---- the scales ---------------------------------------------------------------------------------------
@@ -215,22 +221,14 @@ def test_cuda_graph_replay_matches_reference():
     from fusedbert.cuda_graphs import Bucket, CudaGraphRunner
 
     model = fusedbert.fuse(bert(layers=2), fp8_ffn=True).to("cuda", torch.float16)
-    encoder = model.encoder
     forward = lambda ids, mask: model(input_ids=ids, attention_mask=mask).last_hidden_state
     runner = CudaGraphRunner(forward, [Bucket(4, 32, 96)], "cuda", token_level=True, num_inputs=2)
     mask = lengths_mask([30, 1, 17])
     ids = torch.randint(5, 1000, mask.shape, generator=torch.Generator().manual_seed(0)) * mask
-    weights = encoder.packed_weights()
-    args = (encoder.num_heads, encoder.layer_norm_eps, encoder.activation, encoder.fp8_ffn_scales)
     with torch.inference_mode():
         (replayed,) = runner(ids, mask)
-        ids, mask = ids.cuda(), mask.cuda()
-        hidden = model.embeddings(input_ids=ids)
-        in_dtype = encoder_reference(hidden, mask, weights, *args)
-        in_float32 = encoder_reference(hidden.float(), mask, [w if w.dtype == torch.float8_e4m3fn else w.float()
-                                                              for w in weights], *args)
-    noise = mean_diff(in_dtype, in_float32, mask)
-    assert mean_diff(replayed.cuda(), in_float32, mask) <= DTYPE_NOISE_SHARE_MAX * noise
+        hidden = model.embeddings(input_ids=ids.cuda())
+    assert_close_to_float32_reference(replayed.cuda(), model.encoder, hidden, mask.cuda())
 
 
 # ---- the accuracy bound ---------------------------------------------------------------------------------
