@@ -52,6 +52,14 @@ std::vector<std::string> linear_bias_gelu_kernels() {
 #endif
 }
 
+std::vector<std::string> fp8_ffn_linear_kernels() {
+#ifdef FUSEDBERT_WITH_CUDA
+  return cuda::fp8_kernels();
+#else
+  return {};
+#endif
+}
+
 }  // namespace
 
 bool gemm_autotuning_enabled() {
@@ -95,6 +103,14 @@ TORCH_LIBRARY(fusedbert, m) {
   // and benchmarks.
   m.def("linear_bias_gelu(Tensor input, Tensor weight, Tensor bias, str kernel) -> Tensor");
   m.def("linear_bias_gelu_kernels() -> str[]", &fusedbert::linear_bias_gelu_kernels);
+  // CUDA only, on Hopper builds with CUTLASS: one of the FP8 FFN's GEMMs (the encoder's fp8_ffn_scales mode)
+  // by one named tile configuration of fp8_ffn_linear_kernels(), for tests and benchmarks; the encoder times
+  // them per shape. input [T, K] and weight [N, K] are float8_e4m3fn codes, scales one layer's row of
+  // fp8_ffn_scales ([6] float32, on input's device), dtype the model's (float16/bfloat16). stage "ffn1":
+  // bias [N] in dtype, returns gelu's output as e4m3 codes [T, N]; "ffn2": no bias, returns [T, N] in dtype.
+  m.def("fp8_ffn_linear(Tensor input, Tensor weight, Tensor? bias, Tensor scales, str stage, ScalarType dtype, "
+        "str kernel) -> Tensor");
+  m.def("fp8_ffn_linear_kernels() -> str[]", &fusedbert::fp8_ffn_linear_kernels);
   m.def("build_info() -> str", &fusedbert::build_info);
   // Returns the previous setting. Off by default: timing costs milliseconds per new shape, which a server
   // meeting many token counts should not pay; CUDA graph warm-up (fixed shapes) turns it on. No effect on CPU.

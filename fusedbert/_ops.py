@@ -63,6 +63,15 @@ def _linear_bias_gelu_fake(input, weight, bias, kernel):
     return input.new_empty(input.shape[0], weight.shape[0])
 
 
+@torch.library.register_fake("fusedbert::fp8_ffn_linear")
+def _fp8_ffn_linear_fake(input, weight, bias, scales, stage, dtype, kernel):
+    torch._check(input.dim() == 2 and weight.dim() == 2 and input.shape[1] == weight.shape[1],
+                 lambda: f"fusedbert::fp8_ffn_linear: input [tokens, k] and weight [n, k] do not match: "
+                         f"{tuple(input.shape)}, {tuple(weight.shape)}")
+    # FFN1 writes e4m3 codes of its GELU's output, FFN2 the model's dtype.
+    return input.new_empty(input.shape[0], weight.shape[0], dtype=torch.float8_e4m3fn if stage == "ffn1" else dtype)
+
+
 def _setup_context(ctx, inputs, output):
     hidden, attention_mask, weights, num_heads, layer_norm_eps, activation, _, fp8_ffn_scales = inputs
     ctx.save_for_backward(hidden, attention_mask, fp8_ffn_scales, *weights)

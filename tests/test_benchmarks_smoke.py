@@ -58,3 +58,25 @@ def test_serving_model_config_places_workers_per_gpu(gpus, workers_per_gpu):
     assert config["deviceIds"] == list(range(gpus))
     assert config["minWorkers"] == config["maxWorkers"] == gpus * workers_per_gpu
     assert (config["batchSize"], config["maxBatchDelay"]) == (8, 1)
+
+
+@pytest.mark.cuda
+def test_ffn_gemm_benchmark_times_every_kernel_of_each_gemm(tmp_path):
+    import torch
+
+    from benchmarks import ffn_gemm
+
+    out = tmp_path / "ffn-gemm.json"
+    assert ffn_gemm.main(["--models", "minilm", "--workloads", "bs1x16", "bs1x128", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    records = {(r["workload"], r["gemm"]): r for r in report["records"]}
+    gemms = {"ffn1", "ffn2"} | ({"ffn1_fp8", "ffn2_fp8"} if ffn_gemm.fp8_available() else set())
+    assert set(records) == {(workload, gemm) for workload in ("bs1x16", "bs1x128") for gemm in gemms}
+    # Every kernel that takes the shape is timed: the FP8 configurations all take these.
+    for (workload, gemm), record in records.items():
+        expected = {"ffn1": torch.ops.fusedbert.linear_bias_gelu_kernels(), "ffn2": ["cublas (F.linear)"]}.get(
+            gemm, report["fp8_kernels"])
+        if gemm == "ffn1" and record["real_tokens"] > 64:
+            expected = [kernel for kernel in expected if kernel != "skinny"]
+        assert sorted(record["us_per_call"]) == sorted(expected), (workload, gemm)
+        assert all(us > 0 for us in record["us_per_call"].values())

@@ -15,8 +15,9 @@ from transformers import BertConfig, BertModel
 
 import fusedbert
 from fusedbert.fp8 import ffn_fp8
-from fusedbert.reference import (E4M3_MAX, FFN_INNER_INVERSE, FFN_INPUT_INVERSE, FFN_INPUT_STEP, FFN1_WEIGHT_STEP,
-                                 encoder_reference, round_to_e4m3)
+from fusedbert.reference import (E4M3_MAX, FFN_INNER_INVERSE, FFN_INNER_STEP, FFN_INPUT_INVERSE, FFN_INPUT_STEP,
+                                 FFN1_WEIGHT_STEP, FFN2_WEIGHT_STEP, FP8_SCALES_PER_LAYER, encoder_reference,
+                                 round_to_e4m3)
 from parity_support import AWKWARD_BATCHES, SENTENCES, lengths_mask
 
 # The FP8 FFN's accuracy bound, as docs/benchmarks.md states it: against Hugging Face fp32 on real
@@ -229,6 +230,122 @@ def test_cuda_graph_replay_matches_reference():
         (replayed,) = runner(ids, mask)
         hidden = model.embeddings(input_ids=ids.cuda())
     assert_close_to_float32_reference(replayed.cuda(), model.encoder, hidden, mask.cuda())
+
+
+# ---- each FP8 GEMM tile configuration by name ----------------------------------------------------------
+# The encoder times them per shape and may pick any one, so each must hold on its own.
+
+# (k, n) of FFN1 and FFN2, MiniLM's and bert-base's.
+FP8_GEMM_SHAPES = {"minilm_ffn1": (384, 1536), "minilm_ffn2": (1536, 384),
+                   "bert_base_ffn1": (768, 3072), "bert_base_ffn2": (3072, 768)}
+# One token, a small batch, counts off the 64/128/256-row tiles, and bs32 lengths 8..128's total.
+FP8_GEMM_TOKENS = [1, 16, 37, 129, 2172]
+GELU_OUTPUT_INVERSE = 28.0  # GELU's outputs below reach ~11: codes up to ~310 of e4m3's 448
+
+
+def fp8_kernels() -> list[str]:
+    return torch.ops.fusedbert.fp8_ffn_linear_kernels() if torch.cuda.is_available() else []
+
+
+def fp8_gemm_operands(tokens, k, n, dtype):
+    """e4m3 codes of an input and a weight spread over e4m3's range, a bias, and a row of scales that puts
+    FFN1's pre-activation at a standard deviation of ~2 (over GELU's curve and into its linear tail)."""
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    codes = (torch.randn(tokens, k, device="cuda", generator=generator) * 64).to(torch.float8_e4m3fn)
+    weight = (torch.randn(n, k, device="cuda", generator=generator) * 64).to(torch.float8_e4m3fn)
+    bias = (torch.randn(n, device="cuda", generator=generator) * 0.5).to(dtype)
+    scales = torch.zeros(FP8_SCALES_PER_LAYER, device="cuda")
+    scales[[FFN_INPUT_STEP, FFN_INNER_STEP]] = 1 / 64
+    scales[[FFN1_WEIGHT_STEP, FFN2_WEIGHT_STEP]] = 2 / (64 * math.sqrt(k))
+    scales[FFN_INNER_INVERSE] = GELU_OUTPUT_INVERSE
+    scales[FFN_INPUT_INVERSE] = 64
+    return codes, weight, bias, scales
+
+
+def scaled_mm(codes, weight, scale, dtype):
+    """torch's own FP8 GEMM (cuBLASLt, fast accumulation) of codes @ weight^T * scale in dtype; rows padded
+    to the multiple of 16 it needs."""
+    rows = codes.shape[0]
+    padded = torch.zeros((rows + 15) // 16 * 16, codes.shape[1], device=codes.device, dtype=codes.dtype)
+    padded[:rows] = codes
+    one = torch.ones((), device=codes.device)
+    return torch._scaled_mm(padded, weight.t(), scale_a=scale.reshape(()), scale_b=one, out_dtype=dtype,
+                            use_fast_accum=True)[:rows]
+
+
+@pytest.mark.cuda
+@needs_hopper
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("tokens", FP8_GEMM_TOKENS)
+@pytest.mark.parametrize("shape", ["minilm_ffn1", "bert_base_ffn1"])
+def test_every_fp8_ffn1_kernel_rounds_as_torch_scaled_mm_does(shape, tokens, dtype):
+    k, n = FP8_GEMM_SHAPES[shape]
+    codes, weight, bias, scales = fp8_gemm_operands(tokens, k, n, dtype)
+    scale = scales[FFN_INPUT_STEP] * scales[FFN1_WEIGHT_STEP]
+    gelu_codes = lambda pre_activation: round_to_e4m3(F.gelu(pre_activation + bias.float()) * GELU_OUTPUT_INVERSE)
+    expected = gelu_codes((codes.float() @ weight.float().T) * scale)
+    # Fast accumulation's error moves values near a rounding boundary to another code (by many of e4m3's
+    # fine steps near zero): held to what it moves in torch's FP8 GEMM with the GELU and rounding then done
+    # in float32, within 2x and a few codes at the largest step of slack.
+    theirs = gelu_codes(scaled_mm(codes, weight, scale, torch.float32))
+    theirs_moved = (theirs != expected).float().mean().item()
+    theirs_error = (theirs - expected).abs().mean().item()
+    slack = expected.abs().max().item() / expected.numel()
+    for kernel in fp8_kernels():
+        out = torch.ops.fusedbert.fp8_ffn_linear(codes, weight, bias, scales, "ffn1", dtype, kernel)
+        assert out.shape == (tokens, n) and out.dtype == torch.float8_e4m3fn, kernel
+        moved = (out.float() != expected).float().mean().item()
+        error = (out.float() - expected).abs().mean().item()
+        assert moved <= 2 * theirs_moved + 8 / expected.numel() and error <= 2 * theirs_error + slack, \
+            f"{kernel}: {moved:.3%} of codes moved, mean error {error:.3g}; torch {theirs_moved:.3%}, {theirs_error:.3g}"
+
+
+@pytest.mark.cuda
+@needs_hopper
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("tokens", FP8_GEMM_TOKENS)
+@pytest.mark.parametrize("shape", ["minilm_ffn2", "bert_base_ffn2"])
+def test_every_fp8_ffn2_kernel_matches_float32_within_twice_torch_scaled_mm_error(shape, tokens, dtype):
+    k, n = FP8_GEMM_SHAPES[shape]
+    codes, weight, _, scales = fp8_gemm_operands(tokens, k, n, dtype)
+    scale = scales[FFN_INNER_STEP] * scales[FFN2_WEIGHT_STEP]
+    expected = (codes.float() @ weight.float().T) * scale
+    theirs = (scaled_mm(codes, weight, scale, dtype).float() - expected).abs().max().item()
+    for kernel in fp8_kernels():
+        out = torch.ops.fusedbert.fp8_ffn_linear(codes, weight, None, scales, "ffn2", dtype, kernel)
+        assert out.shape == (tokens, n) and out.dtype == dtype, kernel
+        ours = (out.float() - expected).abs().max().item()
+        assert ours <= 2 * theirs, f"{kernel}: max error {ours:.3g} vs torch._scaled_mm {theirs:.3g}"
+
+
+@pytest.mark.cuda
+@needs_hopper
+def test_fp8_gemm_errors_name_what_is_wrong():
+    codes, weight, bias, scales = fp8_gemm_operands(16, 64, 128, torch.float16)
+    kernel = fp8_kernels()[0]
+    with pytest.raises(RuntimeError, match="no kernel 'nope' in this build; it has cutlass_sm90_fp8"):
+        torch.ops.fusedbert.fp8_ffn_linear(codes, weight, bias, scales, "ffn1", torch.float16, "nope")
+    with pytest.raises(RuntimeError, match="'ffn1' needs bias"):
+        torch.ops.fusedbert.fp8_ffn_linear(codes, weight, None, scales, "ffn1", torch.float16, kernel)
+    with pytest.raises(RuntimeError, match="'ffn2' takes no bias"):
+        torch.ops.fusedbert.fp8_ffn_linear(codes, weight, bias, scales, "ffn2", torch.float16, kernel)
+    with pytest.raises(RuntimeError, match="must be float8_e4m3fn codes"):
+        torch.ops.fusedbert.fp8_ffn_linear(codes.half(), weight, bias, scales, "ffn1", torch.float16, kernel)
+    with pytest.raises(RuntimeError, match="bias must be \\[n\\] in dtype"):
+        torch.ops.fusedbert.fp8_ffn_linear(codes, weight, bias, scales, "ffn1", torch.bfloat16, kernel)
+    with pytest.raises(RuntimeError, match="stage must be 'ffn1' or 'ffn2'"):
+        torch.ops.fusedbert.fp8_ffn_linear(codes, weight, bias, scales, "ffn3", torch.float16, kernel)
+
+
+@pytest.mark.cuda
+@needs_hopper
+def test_fp8_gemm_opcheck_cuda():
+    codes, weight, bias, scales = fp8_gemm_operands(37, 64, 128, torch.bfloat16)
+    kernel = fp8_kernels()[0]
+    for stage, stage_bias in (("ffn1", bias), ("ffn2", None)):
+        torch.library.opcheck(torch.ops.fusedbert.fp8_ffn_linear,
+                              (codes, weight, stage_bias, scales, stage, torch.bfloat16, kernel),
+                              test_utils=("test_faketensor",))
 
 
 # ---- the accuracy bound ---------------------------------------------------------------------------------

@@ -220,11 +220,55 @@ at::Tensor linear_bias_gelu_op(const at::Tensor& input, const at::Tensor& weight
   return out;
 }
 
+at::Tensor fp8_ffn_linear_op(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             const at::Tensor& scales, c10::string_view stage, at::ScalarType dtype,
+                             c10::string_view kernel) {
+  TORCH_CHECK(stage == "ffn1" || stage == "ffn2", "fusedbert::fp8_ffn_linear: stage must be 'ffn1' or 'ffn2'; got '",
+              stage, "'");
+  const bool ffn1 = stage == "ffn1";
+  TORCH_CHECK(input.dim() == 2 && weight.dim() == 2 && input.size(1) == weight.size(1),
+              "fusedbert::fp8_ffn_linear: input must be [tokens, k] and weight [n, k]; got ", input.sizes(), " and ",
+              weight.sizes());
+  TORCH_CHECK(input.scalar_type() == at::kFloat8_e4m3fn && weight.scalar_type() == at::kFloat8_e4m3fn,
+              "fusedbert::fp8_ffn_linear: input and weight must be float8_e4m3fn codes; got ", input.scalar_type(),
+              " and ", weight.scalar_type());
+  TORCH_CHECK(weight.size(0) % 16 == 0 && weight.size(1) % 16 == 0,
+              "fusedbert::fp8_ffn_linear: n and k must be multiples of 16; got ", weight.sizes());
+  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16,
+              "fusedbert::fp8_ffn_linear: dtype must be float16 or bfloat16; got ", dtype);
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.dim() == 1 && scales.size(0) == kFp8ScalesPerLayer,
+              "fusedbert::fp8_ffn_linear: scales must be one layer's [", static_cast<int64_t>(kFp8ScalesPerLayer),
+              "] float32 row of fp8_ffn_scales; got ", scales.scalar_type(), " ", scales.sizes());
+  TORCH_CHECK(bias.has_value() == ffn1, "fusedbert::fp8_ffn_linear: ", ffn1 ? "'ffn1' needs" : "'ffn2' takes no",
+              " bias");
+  if (ffn1) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0) && bias->scalar_type() == dtype,
+                "fusedbert::fp8_ffn_linear: bias must be [n] in dtype; got ", bias->scalar_type(), " ", bias->sizes());
+  }
+  for (const at::Tensor* tensor : {&input, &weight, &scales, bias ? &*bias : nullptr}) {
+    TORCH_CHECK(tensor == nullptr || tensor->device() == input.device(),
+                "fusedbert::fp8_ffn_linear: every tensor must be on input's device");
+  }
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  TORCH_CHECK(fp8_linear_available(), "fusedbert::fp8_ffn_linear: needs a Hopper GPU (sm_90) and a build with "
+              "CUTLASS for sm_90a; this is ", at::cuda::getCurrentDeviceProperties()->name);
+  // Fresh contiguous copies where needed: TMA reads rows from 16-byte aligned addresses.
+  auto aligned = [](const at::Tensor& t) {
+    return t.is_contiguous() && aligned_16(t) ? t : t.clone(at::MemoryFormat::Contiguous);
+  };
+  const at::Tensor in = aligned(input), w = aligned(weight), b = ffn1 ? aligned(*bias) : at::Tensor();
+  at::Tensor out = at::empty({in.size(0), w.size(0)}, in.options().dtype(ffn1 ? at::kFloat8_e4m3fn : dtype));
+  fp8_linear_named(out, in, w, b, ffn1 ? sm90::Fp8Stage::Ffn1 : sm90::Fp8Stage::Ffn2, scales.contiguous(), dtype,
+                   std::string(kernel), gemm_workspace(out));
+  return out;
+}
+
 }  // namespace
 }  // namespace fusedbert::cuda
 
 TORCH_LIBRARY_IMPL(fusedbert, CUDA, m) {
   m.impl("linear_bias_gelu", &fusedbert::cuda::linear_bias_gelu_op);
+  m.impl("fp8_ffn_linear", &fusedbert::cuda::fp8_ffn_linear_op);
   m.impl("encoder", &fusedbert::cuda::encoder_cuda);
   m.impl("embeddings", &fusedbert::cuda::embeddings_cuda);
   m.impl("packed_attention", &fusedbert::cuda::packed_attention_op);

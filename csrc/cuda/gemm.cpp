@@ -369,12 +369,21 @@ std::vector<std::pair<std::string, int>> named_bias_gelu_kernels() {
   return named;
 }
 
-// The FP8 FFN's GEMMs: which tile configuration runs each shape. Persistent ping-pong tiles where they
-// fill the GPU, stream-K below that, until the shape is timed.
-int default_fp8_kernel(const PlanKey& key) {
-  constexpr int kPingpong = 0, kStreamK = 1, kTile = 128;
-  const int64_t tiles = ((key.m + kTile - 1) / kTile) * ((key.n + kTile - 1) / kTile);
-  return tiles >= at::cuda::getCurrentDeviceProperties()->multiProcessorCount ? kPingpong : kStreamK;
+// One FP8 GEMM by tile configuration `kernel`: nullptr, or what failed.
+const char* run_fp8_kernel(int kernel, at::Tensor& out, const at::Tensor& in, const at::Tensor& weight,
+                           const at::Tensor& bias, sm90::Fp8Stage stage, const at::Tensor& scales,
+                           at::ScalarType model_dtype, const at::Tensor& workspace) {
+  const bool ffn1 = stage == sm90::Fp8Stage::Ffn1;
+  const float* steps = scales.const_data_ptr<float>();
+  const float* in_step = steps + (ffn1 ? kFfnInputStep : kFfnInnerStep);
+  const float* weight_step = steps + (ffn1 ? kFfn1WeightStep : kFfn2WeightStep);
+  const float* out_inverse = steps + kFfnInnerInverse;  // read by Ffn1 only
+  const sm90::Element element = model_dtype == at::kHalf ? sm90::Element::Half : sm90::Element::BFloat16;
+  return sm90::fp8_linear(kernel, stage, element, in.size(0), weight.size(0), weight.size(1), in.data_ptr(),
+                          weight.data_ptr(), ffn1 ? bias.data_ptr() : nullptr, in_step, weight_step, out_inverse,
+                          out.data_ptr(), workspace.data_ptr(), static_cast<size_t>(kWorkspaceBytes),
+                          at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
+                          at::cuda::getCurrentCUDAStream());
 }
 
 }  // namespace
@@ -389,10 +398,6 @@ void fp8_linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight,
                 const at::Tensor& workspace) {
   if (in.size(0) == 0) return;
   const bool ffn1 = stage == sm90::Fp8Stage::Ffn1;
-  const float* steps = scales.const_data_ptr<float>();
-  const float* in_step = steps + (ffn1 ? kFfnInputStep : kFfnInnerStep);
-  const float* weight_step = steps + (ffn1 ? kFfn1WeightStep : kFfn2WeightStep);
-  const float* out_inverse = steps + kFfnInnerInverse;  // read by Ffn1 only
   PlanKey key{model_dtype,
               weight.size(0),
               in.size(0),
@@ -400,17 +405,12 @@ void fp8_linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight,
               ffn1 ? Epilogue::BiasGeluErf : Epilogue::None,
               false,
               common_alignment({out.data_ptr(), in.data_ptr(), weight.data_ptr(), ffn1 ? bias.data_ptr() : nullptr})};
-  const sm90::Element element = model_dtype == at::kHalf ? sm90::Element::Half : sm90::Element::BFloat16;
-  const int sm_count = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   auto run = [&](int kernel) {
-    return sm90::fp8_linear(kernel, stage, element, in.size(0), weight.size(0), weight.size(1), in.data_ptr(),
-                            weight.data_ptr(), ffn1 ? bias.data_ptr() : nullptr, in_step, weight_step, out_inverse,
-                            out.data_ptr(), workspace.data_ptr(), static_cast<size_t>(kWorkspaceBytes), sm_count,
-                            at::cuda::getCurrentCUDAStream());
+    return run_fp8_kernel(kernel, out, in, weight, bias, stage, scales, model_dtype, workspace);
   };
 
   thread_local std::unordered_map<PlanKey, KernelChoice, PlanKeyHash> choices;
-  KernelChoice& choice = cached(choices, key, [&] { return KernelChoice{default_fp8_kernel(key), false}; });
+  KernelChoice& choice = cached(choices, key, [] { return KernelChoice{0, false}; });  // sm90_gemm.cpp's default
   // Timing waits on events, which a stream being captured cannot do; the graph's warm-up tunes first.
   if (!choice.tuned && gemm_autotuning_enabled() && !current_stream_is_capturing()) {
     float best_ms = std::numeric_limits<float>::infinity();
@@ -426,6 +426,26 @@ void fp8_linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight,
   const char* error = run(choice.kernel);
   TORCH_CHECK(error == nullptr, "fusedbert::encoder (CUDA): the FP8 FFN GEMM (", sm90::fp8_kernel_name(choice.kernel),
               ") failed: ", error);
+}
+
+std::vector<std::string> fp8_kernels() {
+  std::vector<std::string> names;
+  for (int kernel = 0; kernel < sm90::fp8_kernel_count(); ++kernel) names.emplace_back(sm90::fp8_kernel_name(kernel));
+  return names;
+}
+
+void fp8_linear_named(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
+                      sm90::Fp8Stage stage, const at::Tensor& scales, at::ScalarType model_dtype,
+                      const std::string& kernel, const at::Tensor& workspace) {
+  const std::vector<std::string> names = fp8_kernels();
+  const auto found = std::find(names.begin(), names.end(), kernel);
+  TORCH_CHECK(found != names.end(), "fusedbert::fp8_ffn_linear: no kernel '", kernel, "' in this build; it has ",
+              names.empty() ? std::string("none (no CUTLASS sm_90a kernels were built)") : c10::Join(", ", names));
+  if (in.size(0) == 0) return;
+  const char* error =
+      run_fp8_kernel(static_cast<int>(found - names.begin()), out, in, weight, bias, stage, scales, model_dtype,
+                     workspace);
+  TORCH_CHECK(error == nullptr, "fusedbert::fp8_ffn_linear: '", kernel, "' failed: ", error);
 }
 
 at::Tensor gemm_workspace(const at::Tensor& like) {

@@ -61,4 +61,11 @@ void fp8_linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight,
                 sm90::Fp8Stage stage, const at::Tensor& scales, at::ScalarType model_dtype,
                 const at::Tensor& workspace);
 
+// The tile configurations of fp8_linear this build holds (sm90_gemm.h's names), and fp8_linear run by one
+// of them, untimed, for tests and benchmarks.
+std::vector<std::string> fp8_kernels();
+void fp8_linear_named(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
+                      sm90::Fp8Stage stage, const at::Tensor& scales, at::ScalarType model_dtype,
+                      const std::string& kernel, const at::Tensor& workspace);
+
 }  // namespace fusedbert::cuda

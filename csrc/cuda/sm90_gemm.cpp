@@ -9,8 +9,11 @@ namespace {
 // The first is the default where a shape has not been timed (gemm.cpp).
 const detail::TileConfig* const kConfigs[] = {&detail::kPingpong128x128, &detail::kCooperative128x256};
 constexpr int kConfigCount = sizeof(kConfigs) / sizeof(kConfigs[0]);
-// Persistent ping-pong for many tokens; stream-K, which splits the k loop over idle SMs, for few.
-const detail::Fp8TileConfig* const kFp8Configs[] = {&detail::kFp8Pingpong128x128, &detail::kFp8StreamK128x128};
+// The first is the default where a shape has not been timed (gemm.cpp): on the H100 the fastest of these for
+// both FFN GEMMs at up to 128 tokens and for FFN1 at 8,990, and at most 23% behind the fastest elsewhere
+// (benchmarks/ffn_gemm.py).
+const detail::Fp8TileConfig* const kFp8Configs[] = {&detail::kFp8Pingpong64x128, &detail::kFp8Pingpong128x128,
+                                                    &detail::kFp8StreamK128x128, &detail::kFp8Cooperative256x128};
 constexpr int kFp8ConfigCount = sizeof(kFp8Configs) / sizeof(kFp8Configs[0]);
 #else
 const detail::TileConfig* const* const kConfigs = nullptr;

@@ -77,6 +77,8 @@ extern const TileConfig kPingpong128x128;
 extern const TileConfig kCooperative128x256;
 extern const Fp8TileConfig kFp8Pingpong128x128;
 extern const Fp8TileConfig kFp8StreamK128x128;
+extern const Fp8TileConfig kFp8Cooperative256x128;
+extern const Fp8TileConfig kFp8Pingpong64x128;
 
 }  // namespace detail
 }  // namespace fusedbert::cuda::sm90
