@@ -135,6 +135,33 @@ def model_log(server: ts.Server, model: str, *, until: str | None = None, timeou
         time.sleep(0.1)
 
 
+def frontend_log_length(server: ts.Server) -> int:
+    """How many lines TorchServe's ts_log.log holds now: pass it to ``batches_run`` to skip them."""
+    path = Path(server.run_dir) / "logs" / "ts_log.log"
+    return len(path.read_text(errors="replace").splitlines()) if path.is_file() else 0
+
+
+def batches_run(server: ts.Server, model: str, *, skip_lines: int = 0, rows_expected: int,
+                timeout_s: float = 10.0) -> list[tuple[int, int]]:
+    """For each batch the model's handler ran past the first ``skip_lines`` lines of ts_log.log: (rows it
+    ran through the model, requests in the frontend's batch). The handler's BatchSize metric line carries
+    the batch's request ids, and the frontend logs the line as it relays it, asynchronously: rereads the
+    log until the rows add up to ``rows_expected`` or timeout_s passes."""
+    path = Path(server.run_dir) / "logs" / "ts_log.log"
+    metric = re.compile(rf"\[METRICS\]BatchSize\.\w+:(\d+)\|#ModelName:{re.escape(model)},.*?\|#hostname:([^ ]*)")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = path.read_text(errors="replace").splitlines()[skip_lines:] if path.is_file() else []
+        batches = {}  # by request ids: the frontend may log a relayed line twice
+        for match in filter(None, map(metric.search, lines)):
+            _host, _timestamp, *request_ids = match.group(2).split(",")  # "host,timestamp,id,id,...,"
+            request_ids = tuple(i for i in request_ids if i)
+            batches[request_ids] = (int(match.group(1)), len(request_ids))
+        if sum(rows for rows, _ in batches.values()) >= rows_expected or time.monotonic() > deadline:
+            return list(batches.values())
+        time.sleep(0.1)
+
+
 LOST = 0  # Reply.status of a request that got no HTTP reply
 
 
@@ -188,13 +215,3 @@ async def post_many(server: ts.Server, model: str, bodies: list, *, concurrency:
 
 def post_all(server: ts.Server, model: str, bodies: list, *, concurrency: int, **options) -> list[Reply]:
     return asyncio.run(post_many(server, model, bodies, concurrency=concurrency, **options))
-
-
-def gauge(server: ts.Server, metric: str, model: str) -> float | None:
-    """The current value of one of the handler's Prometheus metrics for ``model``, if reported yet."""
-    reply = server.call("metrics", "GET", f"/metrics?name[]={metric}")
-    assert reply.status == 200, reply.body[:500]
-    for line in reply.body.decode().splitlines():
-        if line.startswith(metric + "{") and f'ModelName="{model}"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return None
