@@ -24,7 +24,8 @@ def _encoder_fake(hidden, attention_mask, weights, num_heads, layer_norm_eps, ac
     check(hidden.dim() == 3, f"hidden must be [batch, seq_len, hidden]; got {tuple(hidden.shape)}")
     check(attention_mask.dim() == 2 and attention_mask.shape == hidden.shape[:2],
           f"attention_mask {tuple(attention_mask.shape)} does not match hidden {tuple(hidden.shape)} in [batch, seq_len]")
-    check(len(weights) > 0 and len(weights) % 12 == 0, f"weights must hold 12 tensors per layer; got {len(weights)}")
+    check(len(weights) > 0 and len(weights) % TENSORS_PER_LAYER == 0,
+          f"weights must hold {TENSORS_PER_LAYER} tensors per layer; got {len(weights)}")
     if fp8_ffn_scales is not None:
         check(fp8_ffn_scales.shape == (len(weights) // TENSORS_PER_LAYER, FP8_SCALES_PER_LAYER)
               and fp8_ffn_scales.dtype == torch.float32,
