@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import fusedbert  # noqa: F401  (loads the op library)
+from gelu_fit_support import header_coefficients, load_fit_script
 
 pytestmark = pytest.mark.cuda
 
@@ -56,6 +57,26 @@ def test_every_kernel_matches_float32_within_twice_torch_low_precision_error(sha
         assert out.shape == (tokens, intermediate) and out.dtype == dtype
         ours = (out.float() - reference).abs().max().item()
         assert ours <= 2 * theirs, f"{name}: max error {ours:.3g} vs torch {dtype} {theirs:.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_every_kernel_computes_the_gelu_that_the_cpu_replays(dtype):
+    """Through an identity weight every output is the GELU of one input value, as the device computes it: equal
+    to scripts/fit_gelu.py's replay of gelu.cuh (whose bounds tests/test_gelu_fit.py holds) but where the
+    hardware's ex2 approximation, which the replay leaves out, tips a rounding: by one ulp, rarely."""
+    rows, width = SKINNY_MAX_ROWS, 256
+    x = torch.linspace(-8, 8, rows * width, device=DEVICE).reshape(rows, width).to(dtype)
+    w = torch.eye(width, device=DEVICE, dtype=dtype)
+    b = torch.zeros(width, device=DEVICE, dtype=dtype)
+    replayed = load_fit_script().evaluate(header_coefficients("gelu_erf_low_precision"), x.double().cpu().numpy())
+    expected = torch.from_numpy(replayed).to(dtype).to(DEVICE)
+    one_ulp = torch.finfo(dtype).eps * torch.exp2(torch.floor(torch.log2(expected.double().abs()
+                                                                         .clamp_min(torch.finfo(dtype).tiny))))
+    for name in kernels() if is_hopper() else ["cublaslt", "skinny"]:
+        out = torch.ops.fusedbert.linear_bias_gelu(x, w, b, name)
+        off = out != expected
+        assert off.float().mean().item() <= 1e-3, f"{name}: {off.float().mean().item():.3%} differ"
+        assert ((out.double() - expected.double()).abs() <= one_ulp).all(), name
 
 
 def test_the_list_names_the_unfused_path_first():

@@ -1,53 +1,44 @@
-"""The float16/bfloat16 GELU of csrc/cuda/gelu.cuh, its coefficients read from the header and its float32
-arithmetic replayed on the CPU, against the exact GELU: the error bounds the header states."""
+"""The GELUs of csrc/cuda/gelu.cuh, their coefficients read from the header and their float32 arithmetic
+replayed on the CPU, against the exact GELU: the error bounds the header states."""
 
-import importlib.util
-import re
-from pathlib import Path
+import math
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from gelu_fit_support import header_coefficients, load_fit_script
+
+# function: (polynomial degree, float16 ulps within |x| < 4, absolute error anywhere), as gelu.cuh states them.
+BOUNDS = {"gelu_erf_low_precision": (7, 0.006, 9.6e-7), "gelu_erf_e4m3": (5, 0.14, 1.4e-5)}
 
 
-def load_fit_script():
-    spec = importlib.util.spec_from_file_location("fit_gelu", ROOT / "scripts" / "fit_gelu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.mark.parametrize("function", BOUNDS)
+def test_header_polynomial_meets_its_stated_bounds(function):
+    degree, ulps, absolute = BOUNDS[function]
+    coefficients = header_coefficients(function)
+    assert len(coefficients) == degree + 1
+    report = load_fit_script().error_report(coefficients)
+    assert report["max_float16_ulps_within_4"] < ulps
+    assert report["max_abs"] < absolute
+    assert report["decreasing_past_bound"]
 
 
-def header_coefficients() -> np.ndarray:
-    """The polynomial's coefficients, lowest degree first, as the kernel evaluates them."""
-    source = (ROOT / "csrc" / "cuda" / "gelu.cuh").read_text()
-    body = source[source.index("gelu_erf_low_precision"):]
-    leading = re.search(r"float p = ([-0-9.e]+)f;", body).group(1)
-    rest = re.findall(r"p = fmaf\(p, u, ([-0-9.e]+)f\);", body)
-    return np.array([float(v) for v in [leading, *rest]][::-1], dtype=np.float32)
-
-
-def test_header_polynomial_meets_its_stated_bounds():
-    fit = load_fit_script()
-    coefficients = header_coefficients()
-    assert len(coefficients) == 8
-    report = fit.error_report(coefficients)
-    assert report["max_float16_ulps_within_4"] < 0.02
-    assert report["max_abs"] < 2.1e-6
-
-
-def test_error_report_catches_a_wrong_coefficient():
-    fit = load_fit_script()
-    coefficients = header_coefficients()
+@pytest.mark.parametrize("function", BOUNDS)
+def test_error_report_catches_a_wrong_coefficient(function):
+    coefficients = header_coefficients(function)
     coefficients[1] *= 1.001
-    assert fit.error_report(coefficients)["max_float16_ulps_within_4"] > 0.02
+    assert load_fit_script().error_report(coefficients)["max_float16_ulps_within_4"] > BOUNDS[function][1]
 
 
+def test_error_report_catches_a_polynomial_that_turns_up_past_the_fit():
+    coefficients = header_coefficients("gelu_erf_low_precision")
+    coefficients[-1] = -coefficients[-1]
+    assert not load_fit_script().error_report(coefficients)["decreasing_past_bound"]
+
+
+@pytest.mark.parametrize("function", BOUNDS)
 @pytest.mark.parametrize("x", [0.0, 1.0, -1.0, 3.0, -3.0, 20.0, -20.0])
-def test_replayed_arithmetic_matches_gelu_at_points(x):
-    import math
-
-    fit = load_fit_script()
-    got = float(fit.evaluate(header_coefficients(), np.array([x]))[0])
+def test_replayed_arithmetic_matches_gelu_at_points(function, x):
+    got = float(load_fit_script().evaluate(header_coefficients(function), np.array([x]))[0])
     exact = x * 0.5 * math.erfc(-x / math.sqrt(2))
-    assert got == pytest.approx(exact, abs=2.1e-6)
+    assert got == pytest.approx(exact, abs=BOUNDS[function][2])

@@ -1,45 +1,65 @@
-// BERT's exact (erf) GELU for float16 / bfloat16 outputs, computed in float32 at a fraction of erff's
-// cost. Shared by the separate bias + GELU pass (kernels.cu) and the CUTLASS FFN epilogue (sm90_gemm.cuh),
-// so the GEMM tuner's two choices compute the same function.
+// BERT's exact (erf) GELU for float16 / bfloat16 outputs and for the FP8 FFN's e4m3 codes, computed in
+// float32 at a fraction of erff's cost. gelu_erf_low_precision is shared by the separate bias + GELU pass
+// (kernels.cu), the small-batch GEMM (skinny_gemm.cu) and the CUTLASS FFN1 epilogue (sm90_gemm.cuh), so the
+// GEMM tuner's choices compute the same function; gelu_erf_e4m3 is the FP8 FFN1 epilogue's.
 //
-// Why: erff dominated the FFN1 epilogue. On an H200 at 8,990 tokens of bert-base the cooperative CUTLASS
-// kernel took 75 us with the bias alone, 80 us with the tanh GELU and 102 us with erff; with this GELU 97
-// (erff 103 in that run), and it made a ping-pong kernel, which hides the epilogue, the fastest (83 us). The
-// separate pass after cuBLASLt gains alike (the whole FFN1 at 8,990 tokens: 109 us with erff, 100 with this).
+// Why: the activation bounds the FFN1 epilogue, and a ping-pong kernel hides its epilogue behind the other
+// warp group's MMAs only while it is the shorter. On the H100 at 8,990 tokens of bert-base: the previous
+// form here (a polynomial in x^2, then x / (1 + 2^p): ex2, a reciprocal and a 14-op dependent chain) took
+// 90 us in the float16 kernel and 71 in the FP8 one (42 with no activation at all); this form 81 and 61,
+// and the FP8 epilogue's shorter polynomial 54 (128 x 128 tiles). erff, about 20 instructions with branches'
+// worth of selects, was slower still.
 //
-// How: gelu(x) = x * Phi(x) = x / (1 + exp(-logit(Phi(x)))), and logit(Phi(x)) / x is even and smooth,
-// so a degree-7 polynomial in x^2 fits it on [0, 5.5] (scripts/fit_gelu.py derives the coefficients,
-// stored pre-multiplied by -log2(e) for ex2). That is 8 FMAs and two MUFU ops (ex2, rcp) where erff takes
-// about 20 instructions with branches' worth of selects. Past |x| = 5.5 the argument is held at the
-// bound: Phi(-5.5) = 1.9e-8, so the error there is under 1.9e-8 * |x|.
+// How: with s = |x| and t = Phi(-s), gelu(x) = max(x, 0) - s * t for either sign of x (x - x Phi(-x) above
+// 0, x Phi(x) below). log2(Phi(-s)) is smooth on s >= 0, so a polynomial in s fits it on [0, 5]
+// (scripts/fit_gelu.py); past 5 it keeps falling and t goes to 0. That is one FMA per degree, one ex2 and
+// one FMA, no division, and neither sign cancels (t <= 1/2).
 //
-// Error against the exact GELU (fp64), float32 evaluation: at most 0.02 of a float16 ulp for |x| < 4 and
-// 2.1e-6 absolute anywhere; the textbook 0.5 x (1 + erff(x / sqrt 2)) is off by up to 0.5 ulp where
-// 1 + erf cancels (negative x). tests/test_gelu_fit.py holds these bounds. float32 outputs keep erff:
-// 2e-6 is not below their rounding.
+// Error against the exact GELU (fp64), float32 evaluation, tests/test_gelu_fit.py holding each bound:
+// - degree 7, for float16 / bfloat16: at most 0.006 of a float16 ulp for |x| < 4, 9.6e-7 absolute
+//   anywhere (float32's own rounding of the output at |x| > 16). The textbook 0.5 x (1 + erff(x / sqrt 2))
+//   is off by up to 0.5 ulp where 1 + erf cancels (negative x).
+// - degree 5, for e4m3: at most 0.14 of a float16 ulp for |x| < 4 (e4m3's step is 128 of them) and 1.4e-5
+//   absolute anywhere. It moved 0.05% of FFN1's codes against degree 7, where the FP8 GEMM's fast
+//   accumulation moves 1.4% (tests/test_fp8.py holds the kernels to that).
+// Infinite inputs give NaN. float32 outputs keep erff: 1e-6 is not below their rounding.
 #pragma once
 
 #include <cuda_runtime.h>
 
 namespace fusedbert::cuda {
 
-constexpr float kGeluFitBound = 5.5f;
+// max(x, 0) - s * 2^p, where p approximates log2(Phi(-s)) and s = |x|.
+__device__ __forceinline__ float gelu_from_log2_phi(float x, float s, float p) {
+  float t;  // Phi(-s), flushed to 0 below float32's normal range
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(t) : "f"(p));
+  return fmaf(-s, t, fmaxf(x, 0.0f));
+}
 
 __device__ __forceinline__ float gelu_erf_low_precision(float x) {
-  const float xc = fminf(fmaxf(x, -kGeluFitBound), kGeluFitBound);
-  const float u = xc * xc;
-  // -log2(e) * logit(Phi(xc)) / xc as a polynomial in u = xc^2 (scripts/fit_gelu.py).
-  float p = 8.37477587278812e-11f;
-  p = fmaf(p, u, -9.619069096800104e-09f);
-  p = fmaf(p, u, 4.6297196831801557e-07f);
-  p = fmaf(p, u, -1.1897746844624635e-05f);
-  p = fmaf(p, u, 0.00015784792776685208f);
-  p = fmaf(p, u, 0.00012034041719743982f);
-  p = fmaf(p, u, -0.10491535812616348f);
-  p = fmaf(p, u, -2.302145004272461f);
-  float e;  // exp(-logit(Phi(xc))), in [2^-26, 2^26] by the clamp: no overflow, no division by inf
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(xc * p));
-  return __fdividef(x, 1.0f + e);
+  const float s = fabsf(x);
+  // log2(Phi(-s)) as a polynomial in s (scripts/fit_gelu.py).
+  float p = -1.0353143125030329e-06f;
+  p = fmaf(p, s, 4.9506921641295776e-05f);
+  p = fmaf(p, s, -0.0008593633538112044f);
+  p = fmaf(p, s, 0.008302463218569756f);
+  p = fmaf(p, s, -0.05365906283259392f);
+  p = fmaf(p, s, -0.4586728513240814f);
+  p = fmaf(p, s, -1.1511963605880737f);
+  p = fmaf(p, s, -0.9999974370002747f);
+  return gelu_from_log2_phi(x, s, p);
+}
+
+__device__ __forceinline__ float gelu_erf_e4m3(float x) {
+  const float s = fabsf(x);
+  // log2(Phi(-s)) as a polynomial in s (scripts/fit_gelu.py --degree 5).
+  float p = -0.00033064294257201254f;
+  p = fmaf(p, s, 0.005925048608332872f);
+  p = fmaf(p, s, -0.04856766015291214f);
+  p = fmaf(p, s, -0.46365347504615784f);
+  p = fmaf(p, s, -1.1494300365447998f);
+  p = fmaf(p, s, -1.0000978708267212f);
+  return gelu_from_log2_phi(x, s, p);
 }
 
 }  // namespace fusedbert::cuda

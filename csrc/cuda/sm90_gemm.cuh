@@ -21,20 +21,26 @@
 
 namespace fusedbert::cuda::sm90::detail {
 
-// gelu.cuh's GELU as a CUTLASS epilogue activation: the epilogue applies it to float32 fragments.
-template <typename T>
-struct GeluErfLowPrecision {
-  CUTLASS_DEVICE T operator()(T const& x) const { return T(gelu_erf_low_precision(static_cast<float>(x))); }
-};
+// gelu.cuh's GELUs as CUTLASS epilogue activations, applied to float32 fragments: kForE4m3 picks the one
+// for the FP8 FFN1's e4m3 output.
+template <bool kForE4m3>
+struct GeluErfFit {
+  CUTLASS_DEVICE static float apply(float x) { return kForE4m3 ? gelu_erf_e4m3(x) : gelu_erf_low_precision(x); }
 
-template <int N>
-struct GeluErfLowPrecision<cutlass::Array<float, N>> {
-  CUTLASS_DEVICE cutlass::Array<float, N> operator()(cutlass::Array<float, N> const& x) const {
-    cutlass::Array<float, N> y;
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < N; ++i) y[i] = gelu_erf_low_precision(x[i]);
-    return y;
-  }
+  template <typename T>
+  struct Activation {
+    CUTLASS_DEVICE T operator()(T const& x) const { return T(apply(static_cast<float>(x))); }
+  };
+
+  template <int N>
+  struct Activation<cutlass::Array<float, N>> {
+    CUTLASS_DEVICE cutlass::Array<float, N> operator()(cutlass::Array<float, N> const& x) const {
+      cutlass::Array<float, N> y;
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < N; ++i) y[i] = apply(x[i]);
+      return y;
+    }
+  };
 };
 
 // Arguments for out[tokens, n] = in[tokens, k] @ weight[n, k]^T posed as D[n, tokens] (see the top): both
@@ -97,7 +103,7 @@ struct BiasGeluGemm {
   using ClusterShape = ClusterShape_;
 
   // D = gelu_erf(acc + bias[row]) in float32 (gelu.cuh); no C operand (void) so nothing is read but the bias.
-  using Fusion = cutlass::epilogue::fusion::LinCombPerRowBiasEltAct<GeluErfLowPrecision, Element,
+  using Fusion = cutlass::epilogue::fusion::LinCombPerRowBiasEltAct<GeluErfFit<false>::Activation, Element,
                                                                      Accumulator, Element, Element, Accumulator>;
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
@@ -180,8 +186,8 @@ template <typename TileShape, typename ClusterShape, typename KernelSchedule, ty
           typename TileScheduler>
 struct Fp8Configuration {
   template <typename Element>
-  using Ffn1 = Fp8Gemm<cutlass::float_e4m3_t, Element, GeluErfLowPrecision, TileShape, ClusterShape, KernelSchedule,
-                       EpilogueSchedule, TileScheduler>;
+  using Ffn1 = Fp8Gemm<cutlass::float_e4m3_t, Element, GeluErfFit<true>::Activation, TileShape, ClusterShape,
+                       KernelSchedule, EpilogueSchedule, TileScheduler>;
   template <typename Element>
   using Ffn2 = Fp8Gemm<Element, Element, cutlass::epilogue::thread::Identity, TileShape, ClusterShape, KernelSchedule,
                        EpilogueSchedule, TileScheduler>;
