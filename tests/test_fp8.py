@@ -238,13 +238,17 @@ def test_cuda_graph_replay_matches_reference():
 # (k, n) of FFN1 and FFN2, MiniLM's and bert-base's.
 FP8_GEMM_SHAPES = {"minilm_ffn1": (384, 1536), "minilm_ffn2": (1536, 384),
                    "bert_base_ffn1": (768, 3072), "bert_base_ffn2": (3072, 768)}
-# One token, a small batch, counts off the 64/128/256-row tiles, and bs32 lengths 8..128's total.
-FP8_GEMM_TOKENS = [1, 16, 37, 129, 2172]
+# One token, a small batch, counts off the small-batch kernel's 16/32/64-row tiles and the CUTLASS kernels'
+# 64/128/256-row ones, and bs32 lengths 8..128's total.
+FP8_GEMM_TOKENS = [1, 16, 29, 37, 129, 2172]
+SKINNY_MAX_ROWS = 64
 GELU_OUTPUT_INVERSE = 28.0  # GELU's outputs below reach ~11: codes up to ~310 of e4m3's 448
 
 
-def fp8_kernels() -> list[str]:
-    return torch.ops.fusedbert.fp8_ffn_linear_kernels() if torch.cuda.is_available() else []
+def fp8_kernels(tokens: int = 1) -> list[str]:
+    """The FP8 GEMM kernels that take `tokens` rows (the small-batch one, "skinny", takes up to 64)."""
+    kernels = torch.ops.fusedbert.fp8_ffn_linear_kernels() if torch.cuda.is_available() else []
+    return [kernel for kernel in kernels if kernel != "skinny" or tokens <= SKINNY_MAX_ROWS]
 
 
 def fp8_gemm_operands(tokens, k, n, dtype):
@@ -291,7 +295,7 @@ def test_every_fp8_ffn1_kernel_rounds_as_torch_scaled_mm_does(shape, tokens, dty
     theirs_moved = (theirs != expected).float().mean().item()
     theirs_error = (theirs - expected).abs().mean().item()
     slack = expected.abs().max().item() / expected.numel()
-    for kernel in fp8_kernels():
+    for kernel in fp8_kernels(tokens):
         out = torch.ops.fusedbert.fp8_ffn_linear(codes, weight, bias, scales, "ffn1", dtype, kernel)
         assert out.shape == (tokens, n) and out.dtype == torch.float8_e4m3fn, kernel
         moved = (out.float() != expected).float().mean().item()
@@ -311,7 +315,7 @@ def test_every_fp8_ffn2_kernel_matches_float32_within_twice_torch_scaled_mm_erro
     scale = scales[FFN_INNER_STEP] * scales[FFN2_WEIGHT_STEP]
     expected = (codes.float() @ weight.float().T) * scale
     theirs = (scaled_mm(codes, weight, scale, dtype).float() - expected).abs().max().item()
-    for kernel in fp8_kernels():
+    for kernel in fp8_kernels(tokens):
         out = torch.ops.fusedbert.fp8_ffn_linear(codes, weight, None, scales, "ffn2", dtype, kernel)
         assert out.shape == (tokens, n) and out.dtype == dtype, kernel
         ours = (out.float() - expected).abs().max().item()
@@ -339,9 +343,22 @@ def test_fp8_gemm_errors_name_what_is_wrong():
 
 @pytest.mark.cuda
 @needs_hopper
-def test_fp8_gemm_opcheck_cuda():
+def test_fp8_small_batch_kernel_refuses_what_it_does_not_take():
+    codes, weight, bias, scales = fp8_gemm_operands(SKINNY_MAX_ROWS + 1, 64, 128, torch.float16)
+    with pytest.raises(RuntimeError, match="'skinny' cannot run this GEMM: it takes 1 to 64 token rows"):
+        torch.ops.fusedbert.fp8_ffn_linear(codes, weight, bias, scales, "ffn1", torch.float16, "skinny")
+    codes, weight, bias, scales = fp8_gemm_operands(4, 96, 128, torch.float16)
+    with pytest.raises(RuntimeError, match="'skinny' cannot run this GEMM: it needs N a multiple of 16 and K a "
+                                           "multiple of 64"):
+        torch.ops.fusedbert.fp8_ffn_linear(codes, weight, bias, scales, "ffn1", torch.float16, "skinny")
+
+
+@pytest.mark.cuda
+@needs_hopper
+@pytest.mark.parametrize("kernel_index", [0, -1], ids=["first_tile_configuration", "skinny"])
+def test_fp8_gemm_opcheck_cuda(kernel_index):
     codes, weight, bias, scales = fp8_gemm_operands(37, 64, 128, torch.bfloat16)
-    kernel = fp8_kernels()[0]
+    kernel = fp8_kernels()[kernel_index]
     for stage, stage_bias in (("ffn1", bias), ("ffn2", None)):
         torch.library.opcheck(torch.ops.fusedbert.fp8_ffn_linear,
                               (codes, weight, stage_bias, scales, stage, torch.bfloat16, kernel),

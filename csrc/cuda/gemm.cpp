@@ -369,7 +369,7 @@ std::vector<std::pair<std::string, int>> named_bias_gelu_kernels() {
   return named;
 }
 
-// One FP8 GEMM by tile configuration `kernel`: nullptr, or what failed.
+// One FP8 GEMM by `kernel`, a tile configuration of sm90::fp8_linear or kSkinny: nullptr, or what failed.
 const char* run_fp8_kernel(int kernel, at::Tensor& out, const at::Tensor& in, const at::Tensor& weight,
                            const at::Tensor& bias, sm90::Fp8Stage stage, const at::Tensor& scales,
                            at::ScalarType model_dtype, const at::Tensor& workspace) {
@@ -378,12 +378,44 @@ const char* run_fp8_kernel(int kernel, at::Tensor& out, const at::Tensor& in, co
   const float* in_step = steps + (ffn1 ? kFfnInputStep : kFfnInnerStep);
   const float* weight_step = steps + (ffn1 ? kFfn1WeightStep : kFfn2WeightStep);
   const float* out_inverse = steps + kFfnInnerInverse;  // read by Ffn1 only
+  if (kernel == kSkinny) {
+    skinny_fp8_linear(out, in, weight, ffn1 ? bias : at::Tensor(), stage, in_step, weight_step, out_inverse,
+                      model_dtype, workspace, kWorkspaceBytes);
+    return nullptr;
+  }
   const sm90::Element element = model_dtype == at::kHalf ? sm90::Element::Half : sm90::Element::BFloat16;
   return sm90::fp8_linear(kernel, stage, element, in.size(0), weight.size(0), weight.size(1), in.data_ptr(),
                           weight.data_ptr(), ffn1 ? bias.data_ptr() : nullptr, in_step, weight_step, out_inverse,
                           out.data_ptr(), workspace.data_ptr(), static_cast<size_t>(kWorkspaceBytes),
                           at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
                           at::cuda::getCurrentCUDAStream());
+}
+
+// What an FP8 GEMM's kernel choice depends on, as plan_key() for linear().
+PlanKey fp8_plan_key(const at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
+                     sm90::Fp8Stage stage, at::ScalarType model_dtype) {
+  const bool ffn1 = stage == sm90::Fp8Stage::Ffn1;
+  return {model_dtype,
+          weight.size(0),
+          in.size(0),
+          weight.size(1),
+          ffn1 ? Epilogue::BiasGeluErf : Epilogue::None,
+          false,
+          common_alignment({out.data_ptr(), in.data_ptr(), weight.data_ptr(), ffn1 ? bias.data_ptr() : nullptr})};
+}
+
+const char* skinny_fp8_refusal(const PlanKey& key) {
+  return skinny_fp8_linear_refusal(key.n, key.m, key.k, key.alignment);
+}
+
+// The names fp8_linear_named takes, in fp8_kernels()'s order, and the kernel each runs.
+std::vector<std::pair<std::string, int>> named_fp8_kernels() {
+  std::vector<std::pair<std::string, int>> named;
+  for (int kernel = 0; kernel < sm90::fp8_kernel_count(); ++kernel) {
+    named.emplace_back(sm90::fp8_kernel_name(kernel), kernel);
+  }
+  if (!named.empty()) named.emplace_back("skinny", kSkinny);
+  return named;
 }
 
 }  // namespace
@@ -397,24 +429,20 @@ void fp8_linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight,
                 sm90::Fp8Stage stage, const at::Tensor& scales, at::ScalarType model_dtype,
                 const at::Tensor& workspace) {
   if (in.size(0) == 0) return;
-  const bool ffn1 = stage == sm90::Fp8Stage::Ffn1;
-  PlanKey key{model_dtype,
-              weight.size(0),
-              in.size(0),
-              weight.size(1),
-              ffn1 ? Epilogue::BiasGeluErf : Epilogue::None,
-              false,
-              common_alignment({out.data_ptr(), in.data_ptr(), weight.data_ptr(), ffn1 ? bias.data_ptr() : nullptr})};
+  const PlanKey key = fp8_plan_key(out, in, weight, bias, stage, model_dtype);
   auto run = [&](int kernel) {
     return run_fp8_kernel(kernel, out, in, weight, bias, stage, scales, model_dtype, workspace);
   };
 
   thread_local std::unordered_map<PlanKey, KernelChoice, PlanKeyHash> choices;
-  KernelChoice& choice = cached(choices, key, [] { return KernelChoice{0, false}; });  // sm90_gemm.cpp's default
+  // Until timed: the small-batch kernel where it applies, as linear() does, else sm90_gemm.cpp's default.
+  const bool skinny = skinny_fp8_refusal(key) == nullptr;
+  KernelChoice& choice = cached(choices, key, [&] { return KernelChoice{skinny ? kSkinny : 0, false}; });
   // Timing waits on events, which a stream being captured cannot do; the graph's warm-up tunes first.
   if (!choice.tuned && gemm_autotuning_enabled() && !current_stream_is_capturing()) {
     float best_ms = std::numeric_limits<float>::infinity();
-    for (int kernel = 0; kernel < sm90::fp8_kernel_count(); ++kernel) {
+    for (const auto& [name, kernel] : named_fp8_kernels()) {
+      if (kernel == kSkinny && !skinny) continue;
       const float ms = cold_cache_ms([&] { return run(kernel) == nullptr; }, in);
       if (ms < best_ms) {
         best_ms = ms;
@@ -430,21 +458,23 @@ void fp8_linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight,
 
 std::vector<std::string> fp8_kernels() {
   std::vector<std::string> names;
-  for (int kernel = 0; kernel < sm90::fp8_kernel_count(); ++kernel) names.emplace_back(sm90::fp8_kernel_name(kernel));
+  for (const auto& [name, kernel] : named_fp8_kernels()) names.push_back(name);
   return names;
 }
 
 void fp8_linear_named(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
                       sm90::Fp8Stage stage, const at::Tensor& scales, at::ScalarType model_dtype,
                       const std::string& kernel, const at::Tensor& workspace) {
-  const std::vector<std::string> names = fp8_kernels();
-  const auto found = std::find(names.begin(), names.end(), kernel);
-  TORCH_CHECK(found != names.end(), "fusedbert::fp8_ffn_linear: no kernel '", kernel, "' in this build; it has ",
-              names.empty() ? std::string("none (no CUTLASS sm_90a kernels were built)") : c10::Join(", ", names));
+  const auto named = named_fp8_kernels();
+  const auto found = std::find_if(named.begin(), named.end(), [&](const auto& entry) { return entry.first == kernel; });
+  TORCH_CHECK(found != named.end(), "fusedbert::fp8_ffn_linear: no kernel '", kernel, "' in this build; it has ",
+              named.empty() ? std::string("none (no CUTLASS sm_90a kernels were built)") : c10::Join(", ", fp8_kernels()));
   if (in.size(0) == 0) return;
-  const char* error =
-      run_fp8_kernel(static_cast<int>(found - names.begin()), out, in, weight, bias, stage, scales, model_dtype,
-                     workspace);
+  if (found->second == kSkinny) {
+    const char* refusal = skinny_fp8_refusal(fp8_plan_key(out, in, weight, bias, stage, model_dtype));
+    TORCH_CHECK(refusal == nullptr, "fusedbert::fp8_ffn_linear: 'skinny' cannot run this GEMM: ", refusal);
+  }
+  const char* error = run_fp8_kernel(found->second, out, in, weight, bias, stage, scales, model_dtype, workspace);
   TORCH_CHECK(error == nullptr, "fusedbert::fp8_ffn_linear: '", kernel, "' failed: ", error);
 }
 

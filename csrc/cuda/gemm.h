@@ -56,13 +56,14 @@ bool fp8_linear_available();
 // One of the FP8 FFN's GEMMs (sm90::fp8_linear; fusedbert/fp8.py): in [T, K] and weight [N, K] e4m3
 // codes; out [T, N] e4m3 codes for Fp8Stage::Ffn1 (bias [N] in the model's dtype), the model's dtype for
 // Ffn2 (bias unused). `scales` is the layer's row of fp8_ffn_scales on the device. Picks a tile
-// configuration per shape, timed as linear() times its kernels.
+// configuration or, up to kSkinnyMaxRows tokens, the small-batch kernel (skinny_gemm.h) per shape, timed
+// as linear() times its kernels.
 void fp8_linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
                 sm90::Fp8Stage stage, const at::Tensor& scales, at::ScalarType model_dtype,
                 const at::Tensor& workspace);
 
-// The tile configurations of fp8_linear this build holds (sm90_gemm.h's names), and fp8_linear run by one
-// of them, untimed, for tests and benchmarks.
+// The kernels of fp8_linear this build holds (sm90_gemm.h's tile configurations, then "skinny"), and
+// fp8_linear run by one of them, untimed, for tests and benchmarks.
 std::vector<std::string> fp8_kernels();
 void fp8_linear_named(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
                       sm90::Fp8Stage stage, const at::Tensor& scales, at::ScalarType model_dtype,

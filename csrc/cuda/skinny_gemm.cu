@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <cuda_fp8.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -14,23 +15,50 @@
 namespace fusedbert::cuda {
 namespace {
 
-// A CTA computes all M rows of 16 output columns (two m16n8k16 MMA tiles side by side) over its split of
+// A CTA computes all M rows of 16 output columns (two MMA tiles of 16 x 8 side by side) over its split of
 // K; its warps take consecutive runs of K within that split and sum their accumulators through shared
 // memory. A split-K grid (gridDim.y > 1) writes float32 partial tiles, and the CTA that arrives last at a
 // tile adds them up and runs the epilogue.
+//
+// Operands: the model's float16 / bfloat16 (m16n8k16 MMAs), or the FP8 FFN's e4m3 codes (m16n8k32 MMAs,
+// sm_89 on; E4m3 below), whose epilogue first scales the float32 sum by the two operands' steps.
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTileCols = 16;
-// K advances 32 elements per step: each of a row's 4 lanes loads 8 contiguous elements (16 bytes). The MMA
-// wants lane q's k positions {2q, 2q+1, 2q+8, 2q+9} of each 16-wide step; the dot product does not care
-// which k goes where as long as A and B agree, so lane q's 8 loaded elements serve as its k positions in
-// the step's two MMAs: one 16-byte load per row per step instead of four 4-byte ones.
-constexpr int kChunk = 32;
+// K advances 16 bytes per lane and step: each of a row's 4 lanes loads 16 contiguous bytes (8 halves or 16
+// codes). An MMA wants lane q's k positions {2q, 2q+1, 2q+8, 2q+9} of a 16-wide step (halves; codes: 4q..4q+3
+// and 4q+16..4q+19 of a 32-wide one), two 32-bit words per row; the dot product does not care which k goes
+// where as long as A and B agree, so lane q's 4 loaded words serve as its k positions in the step's two
+// MMAs: one 16-byte load per row per step instead of four 4-byte ones.
+template <typename operand_t>
+constexpr int kChunk = 4 * 16 / sizeof(operand_t);
 constexpr int kPrefetch = 4;  // steps whose weight loads a warp issues before their MMAs
 
-template <typename scalar_t>
-__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<scalar_t, at::Half>) {
+using E4m3 = __nv_fp8_e4m3;
+
+template <typename operand_t>
+constexpr bool kIsE4m3 = std::is_same_v<operand_t, E4m3>;
+
+// The FP8 FFN's scalars in device memory (sm90_gemm.h's fp8_linear has the same): the sum is multiplied by
+// *in_step * *weight_step, and FFN1's activation by *out_inverse before it is rounded to e4m3.
+struct Fp8Steps {
+  const float* in_step;
+  const float* weight_step;
+  const float* out_inverse;
+};
+
+template <typename operand_t>
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (kIsE4m3<operand_t>) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    __trap();  // skinny_fp8_linear_refusal keeps e4m3 off GPUs before sm_89
+#endif
+  } else if constexpr (std::is_same_v<operand_t, at::Half>) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -56,22 +84,42 @@ __device__ __forceinline__ uint4 load_streaming(const void* p) {
   return v;
 }
 
-template <typename scalar_t, Epilogue kEpilogue>
-__device__ __forceinline__ float finish(float x, const scalar_t* bias, int col) {
+// e4m3 operands: None is FFN2 (the scaled sum, in the model's dtype) and BiasGeluErf FFN1 (e4m3 codes out).
+template <typename scalar_t, typename operand_t, Epilogue kEpilogue>
+__device__ __forceinline__ float finish(float x, const scalar_t* bias, int col, const Fp8Steps& steps) {
+  if constexpr (kIsE4m3<operand_t>) x *= *steps.in_step * *steps.weight_step;
   if constexpr (kEpilogue == Epilogue::None) return x;
   x += static_cast<float>(bias[col]);
   if constexpr (kEpilogue == Epilogue::BiasRelu) return activate<scalar_t, Activation::Relu>(x);
   if constexpr (kEpilogue == Epilogue::BiasGeluTanh) return activate<scalar_t, Activation::GeluTanh>(x);
+  if constexpr (kEpilogue == Epilogue::BiasGeluErf && kIsE4m3<operand_t>) return gelu_erf_e4m3(x) * *steps.out_inverse;
   if constexpr (kEpilogue == Epilogue::BiasGeluErf) return activate<scalar_t, Activation::GeluErf>(x);
   return x;
 }
 
-// kMTiles: 16-row MMA tiles covering M (rows past M read as zeros and are not written).
-template <typename scalar_t, int kMTiles, Epilogue kEpilogue>
+// What the kernel writes: e4m3 codes from the FP8 FFN1, the model's dtype otherwise.
+template <typename scalar_t, typename operand_t, Epilogue kEpilogue>
+using Output = std::conditional_t<kIsE4m3<operand_t> && kEpilogue != Epilogue::None, E4m3, scalar_t>;
+
+template <typename out_t>
+__device__ __forceinline__ out_t to_output(float x) {
+  if constexpr (std::is_same_v<out_t, E4m3>) {
+    out_t code;
+    code.__x = __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3);  // as the CUTLASS FP8 epilogue rounds
+    return code;
+  } else {
+    return static_cast<out_t>(x);
+  }
+}
+
+// kMTiles: 16-row MMA tiles covering M (rows past M read as zeros and are not written). scalar_t: the
+// model's dtype (bias, and the output unless it is FFN1's e4m3); operand_t: in's and weight's.
+template <typename scalar_t, typename operand_t, int kMTiles, Epilogue kEpilogue>
 __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(
-    const scalar_t* __restrict__ in, const scalar_t* __restrict__ weight, const scalar_t* __restrict__ bias,
-    scalar_t* __restrict__ out, float* __restrict__ partials, unsigned* __restrict__ arrivals, int rows, int n,
-    int k) {
+    const operand_t* __restrict__ in, const operand_t* __restrict__ weight, const scalar_t* __restrict__ bias,
+    Output<scalar_t, operand_t, kEpilogue>* __restrict__ out, Fp8Steps steps, float* __restrict__ partials,
+    unsigned* __restrict__ arrivals, int rows, int n, int k) {
+  constexpr int kStep = kChunk<operand_t>;
   constexpr int kTileValues = kMTiles * 2 * 4 * 32;  // one warp's accumulators: the CTA's [16 kMTiles, 16] tile
   static_assert(kTileValues % kThreads == 0, "each thread finishes whole values of the tile");
   constexpr int kValuesPerThread = kTileValues / kThreads;
@@ -83,21 +131,22 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(
   const int tile = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
   const int col0 = tile * kTileCols;
 
-  const int steps = k / kChunk;
-  const int per_split = (steps + splits - 1) / splits;
-  const int split_begin = split * per_split, split_end = min(steps, split_begin + per_split);
+  const int k_steps = k / kStep;
+  const int per_split = (k_steps + splits - 1) / splits;
+  const int split_begin = split * per_split, split_end = min(k_steps, split_begin + per_split);
   const int per_warp = (max(0, split_end - split_begin) + kWarps - 1) / kWarps;
   const int begin = split_begin + warp * per_warp, end = min(split_end, begin + per_warp);
 
-  const scalar_t* w_row[2] = {weight + static_cast<int64_t>(col0 + group) * k + quad * 8,
-                              weight + static_cast<int64_t>(col0 + 8 + group) * k + quad * 8};
+  constexpr int kLaneElements = kStep / 4;  // 16 bytes
+  const operand_t* w_row[2] = {weight + static_cast<int64_t>(col0 + group) * k + quad * kLaneElements,
+                               weight + static_cast<int64_t>(col0 + 8 + group) * k + quad * kLaneElements};
   uint4 w[kPrefetch][2];
   auto load_weights = [&](int step0) {
 #pragma unroll
     for (int p = 0; p < kPrefetch; ++p) {
       if (step0 + p < end) {
-        w[p][0] = load_streaming(w_row[0] + (step0 + p) * kChunk);
-        w[p][1] = load_streaming(w_row[1] + (step0 + p) * kChunk);
+        w[p][0] = load_streaming(w_row[0] + (step0 + p) * kStep);
+        w[p][1] = load_streaming(w_row[1] + (step0 + p) * kStep);
       }
     }
   };
@@ -112,7 +161,7 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(
 #pragma unroll
     for (int p = 0; p < kPrefetch; ++p) {
       if (step0 + p >= end) break;
-      const int kk = (step0 + p) * kChunk + quad * 8;
+      const int kk = (step0 + p) * kStep + quad * kLaneElements;
 #pragma unroll
       for (int i = 0; i < kMTiles; ++i) {
         const int r_lo = i * 16 + group, r_hi = r_lo + 8;
@@ -122,8 +171,8 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(
 #pragma unroll
         for (int s = 0; s < 2; ++s) {
           const uint32_t a[4] = {word(lo, 2 * s), word(hi, 2 * s), word(lo, 2 * s + 1), word(hi, 2 * s + 1)};
-          mma_16816<scalar_t>(acc[i][0], a, word(w[p][0], 2 * s), word(w[p][0], 2 * s + 1));
-          mma_16816<scalar_t>(acc[i][1], a, word(w[p][1], 2 * s), word(w[p][1], 2 * s + 1));
+          mma<operand_t>(acc[i][0], a, word(w[p][0], 2 * s), word(w[p][0], 2 * s + 1));
+          mma<operand_t>(acc[i][1], a, word(w[p][1], 2 * s), word(w[p][1], 2 * s + 1));
         }
       }
     }
@@ -174,82 +223,123 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(
     const int value_lane = e % 32, r = (e / 32) % 4, half = (e / 128) % 2, i = e / 256;
     const int row = i * 16 + value_lane / 4 + (r / 2) * 8;
     const int col = col0 + half * 8 + (value_lane % 4) * 2 + r % 2;
-    if (row < rows) out[static_cast<int64_t>(row) * n + col] = static_cast<scalar_t>(finish<scalar_t, kEpilogue>(totals[j], bias, col));
+    if (row < rows) {
+      out[static_cast<int64_t>(row) * n + col] = to_output<Output<scalar_t, operand_t, kEpilogue>>(
+          finish<scalar_t, operand_t, kEpilogue>(totals[j], bias, col, steps));
+    }
   }
 }
 
-template <typename scalar_t, int kMTiles>
-void launch_rows(Epilogue epilogue, dim3 grid, cudaStream_t stream, const scalar_t* in, const scalar_t* weight,
-                 const scalar_t* bias, scalar_t* out, float* partials, unsigned* arrivals, int rows, int n, int k) {
-  auto launch = [&](auto kernel) {
-    // Launched to overlap the kernel before it where the GPU can (sm_90 on: see dependent_launch.cuh).
-    cudaLaunchAttribute early_start;
-    early_start.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    early_start.val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = dim3(kThreads);
-    config.stream = stream;
-    config.attrs = &early_start;
-    config.numAttrs = at::cuda::getCurrentDeviceProperties()->major >= 9 ? 1 : 0;
-    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, in, weight, bias, out, partials, arrivals, rows, n, k));
-  };
-  switch (epilogue) {
-    case Epilogue::None: launch(skinny_gemm_kernel<scalar_t, kMTiles, Epilogue::None>); break;
-    case Epilogue::Bias: launch(skinny_gemm_kernel<scalar_t, kMTiles, Epilogue::Bias>); break;
-    case Epilogue::BiasRelu: launch(skinny_gemm_kernel<scalar_t, kMTiles, Epilogue::BiasRelu>); break;
-    case Epilogue::BiasGeluTanh: launch(skinny_gemm_kernel<scalar_t, kMTiles, Epilogue::BiasGeluTanh>); break;
-    case Epilogue::BiasGeluErf: launch(skinny_gemm_kernel<scalar_t, kMTiles, Epilogue::BiasGeluErf>); break;
+template <typename scalar_t, typename operand_t, int kMTiles, Epilogue kEpilogue>
+void launch_kernel(dim3 grid, cudaStream_t stream, const at::Tensor& out, const at::Tensor& in,
+                   const at::Tensor& weight, const at::Tensor& bias, const Fp8Steps& steps, float* partials,
+                   unsigned* arrivals) {
+  // Launched to overlap the kernel before it where the GPU can (sm_90 on: see dependent_launch.cuh).
+  cudaLaunchAttribute early_start;
+  early_start.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  early_start.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = dim3(kThreads);
+  config.stream = stream;
+  config.attrs = &early_start;
+  config.numAttrs = at::cuda::getCurrentDeviceProperties()->major >= 9 ? 1 : 0;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(
+      &config, skinny_gemm_kernel<scalar_t, operand_t, kMTiles, kEpilogue>,
+      static_cast<const operand_t*>(in.const_data_ptr()), static_cast<const operand_t*>(weight.const_data_ptr()),
+      bias.defined() ? static_cast<const scalar_t*>(bias.const_data_ptr()) : nullptr,
+      static_cast<Output<scalar_t, operand_t, kEpilogue>*>(out.data_ptr()), steps, partials, arrivals,
+      static_cast<int>(in.size(0)), static_cast<int>(weight.size(0)), static_cast<int>(weight.size(1))));
+}
+
+// The kernel for `epilogue`, as a function pointer of launch_kernel's signature.
+template <typename scalar_t, typename operand_t, int kMTiles>
+auto kernel_launcher(Epilogue epilogue) {
+  if constexpr (kIsE4m3<operand_t>) {  // FFN2 or FFN1: skinny_fp8_linear passes no other
+    return epilogue == Epilogue::None ? &launch_kernel<scalar_t, operand_t, kMTiles, Epilogue::None>
+                                      : &launch_kernel<scalar_t, operand_t, kMTiles, Epilogue::BiasGeluErf>;
+  } else {
+    switch (epilogue) {
+      case Epilogue::None: return &launch_kernel<scalar_t, operand_t, kMTiles, Epilogue::None>;
+      case Epilogue::Bias: return &launch_kernel<scalar_t, operand_t, kMTiles, Epilogue::Bias>;
+      case Epilogue::BiasRelu: return &launch_kernel<scalar_t, operand_t, kMTiles, Epilogue::BiasRelu>;
+      case Epilogue::BiasGeluTanh: return &launch_kernel<scalar_t, operand_t, kMTiles, Epilogue::BiasGeluTanh>;
+      case Epilogue::BiasGeluErf: break;
+    }
+    return &launch_kernel<scalar_t, operand_t, kMTiles, Epilogue::BiasGeluErf>;
   }
 }
 
-template <typename scalar_t>
-void launch(Epilogue epilogue, dim3 grid, cudaStream_t stream, const scalar_t* in, const scalar_t* weight,
-            const scalar_t* bias, scalar_t* out, float* partials, unsigned* arrivals, int rows, int n, int k) {
-  // Tiles of 16, 32 or 64 rows: a few more MMAs on zero rows cost less than more instantiations.
-  if (rows <= 16) return launch_rows<scalar_t, 1>(epilogue, grid, stream, in, weight, bias, out, partials, arrivals, rows, n, k);
-  if (rows <= 32) return launch_rows<scalar_t, 2>(epilogue, grid, stream, in, weight, bias, out, partials, arrivals, rows, n, k);
-  launch_rows<scalar_t, 4>(epilogue, grid, stream, in, weight, bias, out, partials, arrivals, rows, n, k);
+// Tiles of 16, 32 or 64 rows: a few more MMAs on zero rows cost less than more instantiations.
+int m_tiles(int64_t rows) { return rows <= 16 ? 1 : rows <= 32 ? 2 : 4; }
+
+// Splits K until the grid covers the SMs, keeping at least one step per warp, and launches.
+template <typename scalar_t, typename operand_t>
+void run(Epilogue epilogue, const at::Tensor& out, const at::Tensor& in, const at::Tensor& weight,
+         const at::Tensor& bias, const Fp8Steps& steps, const at::Tensor& workspace, int64_t scratch_bytes) {
+  const int64_t rows = in.size(0), tiles = weight.size(0) / kTileCols, k_steps = weight.size(1) / kChunk<operand_t>;
+  const int64_t tile_values = m_tiles(rows) * 256;
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  int64_t splits = std::clamp<int64_t>((sms + tiles - 1) / tiles, 1, std::max<int64_t>(1, k_steps / kWarps));
+  splits = std::min<int64_t>(splits, scratch_bytes / (tiles * tile_values * static_cast<int64_t>(sizeof(float))));
+  TORCH_CHECK(splits >= 1 && workspace.nbytes() >= static_cast<size_t>(scratch_bytes + kSkinnyCounterBytes),
+              "fusedbert::encoder (CUDA): the small-batch GEMM's workspace is too small");
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(splits));
+  float* partials = static_cast<float*>(workspace.data_ptr());
+  unsigned* arrivals = reinterpret_cast<unsigned*>(static_cast<char*>(workspace.data_ptr()) + scratch_bytes);
+  const int tiles_of_rows = m_tiles(rows);
+  const auto launch = tiles_of_rows == 1   ? kernel_launcher<scalar_t, operand_t, 1>(epilogue)
+                      : tiles_of_rows == 2 ? kernel_launcher<scalar_t, operand_t, 2>(epilogue)
+                                           : kernel_launcher<scalar_t, operand_t, 4>(epilogue);
+  launch(grid, at::cuda::getCurrentCUDAStream(), out, in, weight, bias, steps, partials, arrivals);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-int64_t tile_values(int64_t rows) { return (rows <= 16 ? 1 : rows <= 32 ? 2 : 4) * 256; }
+const char* shape_refusal(int64_t rows, int64_t n, int64_t k, int64_t k_multiple, int64_t alignment) {
+  if (rows < 1 || rows > kSkinnyMaxRows) return "it takes 1 to 64 token rows";
+  if (n % kTileCols != 0 || k % k_multiple != 0) {
+    return k_multiple == 32 ? "it needs N a multiple of 16 and K a multiple of 32"
+                            : "it needs N a multiple of 16 and K a multiple of 64";
+  }
+  if (n / kTileCols > kSkinnyCounterBytes / static_cast<int64_t>(sizeof(unsigned))) return "N is too large";
+  if (alignment < 16) return "it needs 16-byte aligned buffers";
+  return nullptr;
+}
 
 }  // namespace
 
 const char* skinny_linear_refusal(at::ScalarType dtype, int64_t rows, int64_t n, int64_t k, int64_t alignment) {
   if (dtype != at::kHalf && dtype != at::kBFloat16) return "it computes float16/bfloat16 only";
   if (at::cuda::getCurrentDeviceProperties()->major < 8) return "it needs an sm_80 or later GPU";
-  if (rows < 1 || rows > kSkinnyMaxRows) return "it takes 1 to 64 token rows";
-  if (n % kTileCols != 0 || k % kChunk != 0) return "it needs N a multiple of 16 and K a multiple of 32";
-  if (n / kTileCols > kSkinnyCounterBytes / static_cast<int64_t>(sizeof(unsigned))) return "N is too large";
-  if (alignment < 16) return "it needs 16-byte aligned buffers";
-  return nullptr;
+  return shape_refusal(rows, n, k, kChunk<at::Half>, alignment);
 }
 
 void skinny_linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
                    Epilogue epilogue, const at::Tensor& workspace, int64_t scratch_bytes) {
-  const int64_t rows = in.size(0), n = weight.size(0), k = weight.size(1);
-  const int64_t tiles = n / kTileCols, steps = k / kChunk;
-  // Split K until the grid covers the SMs, keeping at least one step per warp.
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  int64_t splits = std::clamp<int64_t>((sms + tiles - 1) / tiles, 1, std::max<int64_t>(1, steps / kWarps));
-  splits = std::min<int64_t>(splits, scratch_bytes / (tiles * tile_values(rows) * static_cast<int64_t>(sizeof(float))));
-  TORCH_CHECK(splits >= 1 && workspace.nbytes() >= static_cast<size_t>(scratch_bytes + kSkinnyCounterBytes),
-              "fusedbert::encoder (CUDA): the small-batch GEMM's workspace is too small");
-  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(splits));
-  float* partials = static_cast<float*>(workspace.data_ptr());
-  unsigned* arrivals = reinterpret_cast<unsigned*>(static_cast<char*>(workspace.data_ptr()) + scratch_bytes);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (in.scalar_type() == at::kHalf) {
-    launch(epilogue, grid, stream, in.const_data_ptr<at::Half>(), weight.const_data_ptr<at::Half>(),
-           bias.defined() ? bias.const_data_ptr<at::Half>() : nullptr, out.data_ptr<at::Half>(), partials, arrivals,
-           static_cast<int>(rows), static_cast<int>(n), static_cast<int>(k));
+    run<at::Half, at::Half>(epilogue, out, in, weight, bias, {}, workspace, scratch_bytes);
   } else {
-    launch(epilogue, grid, stream, in.const_data_ptr<at::BFloat16>(), weight.const_data_ptr<at::BFloat16>(),
-           bias.defined() ? bias.const_data_ptr<at::BFloat16>() : nullptr, out.data_ptr<at::BFloat16>(), partials,
-           arrivals, static_cast<int>(rows), static_cast<int>(n), static_cast<int>(k));
+    run<at::BFloat16, at::BFloat16>(epilogue, out, in, weight, bias, {}, workspace, scratch_bytes);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+const char* skinny_fp8_linear_refusal(int64_t rows, int64_t n, int64_t k, int64_t alignment) {
+  const cudaDeviceProp* device = at::cuda::getCurrentDeviceProperties();
+  if (device->major * 10 + device->minor < 89) return "it needs an sm_89 or later GPU";
+  return shape_refusal(rows, n, k, kChunk<E4m3>, alignment);
+}
+
+void skinny_fp8_linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
+                       sm90::Fp8Stage stage, const float* in_step, const float* weight_step,
+                       const float* out_inverse, at::ScalarType model_dtype, const at::Tensor& workspace,
+                       int64_t scratch_bytes) {
+  const Epilogue epilogue = stage == sm90::Fp8Stage::Ffn1 ? Epilogue::BiasGeluErf : Epilogue::None;
+  const Fp8Steps steps{in_step, weight_step, out_inverse};
+  if (model_dtype == at::kHalf) {
+    run<at::Half, E4m3>(epilogue, out, in, weight, bias, steps, workspace, scratch_bytes);
+  } else {
+    run<at::BFloat16, E4m3>(epilogue, out, in, weight, bias, steps, workspace, scratch_bytes);
+  }
 }
 
 }  // namespace fusedbert::cuda

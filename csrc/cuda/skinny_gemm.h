@@ -26,4 +26,15 @@ const char* skinny_linear_refusal(at::ScalarType dtype, int64_t rows, int64_t n,
 void skinny_linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
                    Epilogue epilogue, const at::Tensor& workspace, int64_t scratch_bytes);
 
+// The same kernel for the FP8 FFN's GEMMs (gemm.h's fp8_linear; sm90::fp8_linear computes the same): in and
+// weight e4m3 codes, their product scaled by *in_step * *weight_step in float32; Ffn1 then adds the bias
+// and writes e4m3 codes of gelu.cuh's gelu_erf_e4m3 times *out_inverse, Ffn2 writes model_dtype. At one
+// sequence FP8 halves the weight bytes, but the CUTLASS kernels took 8-9 us per FFN GEMM where this kernel
+// takes the float16 weights in 5.5.
+const char* skinny_fp8_linear_refusal(int64_t rows, int64_t n, int64_t k, int64_t alignment);
+void skinny_fp8_linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
+                       sm90::Fp8Stage stage, const float* in_step, const float* weight_step,
+                       const float* out_inverse, at::ScalarType model_dtype, const at::Tensor& workspace,
+                       int64_t scratch_bytes);
+
 }  // namespace fusedbert::cuda
