@@ -9,9 +9,9 @@ namespace {
 // The first is the default where a shape has not been timed (gemm.cpp).
 const detail::TileConfig* const kConfigs[] = {&detail::kPingpong128x128, &detail::kCooperative128x256};
 constexpr int kConfigCount = sizeof(kConfigs) / sizeof(kConfigs[0]);
-// The first is the default where a shape has not been timed (gemm.cpp): on the H100 the fastest of these for
-// both FFN GEMMs at up to 128 tokens and for FFN1 at 8,990, and at most 23% behind the fastest elsewhere
-// (benchmarks/ffn_gemm.py).
+// The first is the default where a shape has not been timed and the small-batch kernel does not apply
+// (gemm.cpp): on the H100 the fastest of these for both FFN GEMMs at 128 tokens, and at most 18% behind the
+// fastest at 2,172 and 8,990 (benchmarks/ffn_gemm.py).
 const detail::Fp8TileConfig* const kFp8Configs[] = {&detail::kFp8Pingpong64x128, &detail::kFp8Pingpong128x128,
                                                     &detail::kFp8StreamK128x128, &detail::kFp8Cooperative256x128};
 constexpr int kFp8ConfigCount = sizeof(kFp8Configs) / sizeof(kFp8Configs[0]);

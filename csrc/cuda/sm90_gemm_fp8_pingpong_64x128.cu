@@ -1,7 +1,6 @@
 // sm90::fp8_linear with ping-pong 64 x 128 tiles (64 features x 128 tokens), 128 deep (see sm90_gemm.cuh), the
 // default: twice the tiles of 128 x 128 where the tokens are few, and no stream-K workspace to clear before each
-// launch; where they are many, the shorter epilogues hide better behind FFN1's short k loop. Empty unless
-// setup.py found CUTLASS.
+// launch. Empty unless setup.py found CUTLASS.
 #ifdef FUSEDBERT_WITH_SM90_GEMM
 #include "sm90_gemm.cuh"
 
