@@ -85,6 +85,11 @@ const char* launch(const typename Gemm::Arguments& args, void* workspace, size_t
   return nullptr;
 }
 
+// The CUTLASS kernel for out[tokens, n] = epilogue(in[tokens, k] @ weight[n, k]^T) posed as D[n, tokens]
+// (token_major_arguments): both operands K-major, D column-major, no C operand, float32 accumulation.
+// TileShape: rows of D (features) x columns (tokens) x depth per step. ClusterShape: CTAs along the rows that
+// share each tile of tokens through TMA multicast. Persistent CTAs, one per SM.
+//
 // Warp-specialized: a producer warp streams tiles in by TMA for the consumer warp groups. Cooperative
 // schedules (KernelTmaWarpSpecializedCooperative with epilogue TmaWarpSpecializedCooperative) have both
 // consumer groups split each tile's MMAs and then its epilogue; ping-pong ones
@@ -92,31 +97,36 @@ const char* launch(const typename Gemm::Arguments& args, void* workspace, size_t
 // epilogue overlaps the other's MMAs. With erff the epilogue was too long to hide and ping-pong measured no
 // faster (99 against 98 us for bert-base's FFN1 at 8,990 tokens on an H200); with gelu.cuh's GELU it hides,
 // and 128 x 128 ping-pong tiles take 83 us against 94 for 128 x 256 cooperative ones.
-template <typename Element, typename TileShape_, typename ClusterShape_, typename KernelSchedule,
-          typename EpilogueSchedule>
-struct BiasGeluGemm {
+template <typename ElementIn, typename ElementOut, typename Fusion, typename TileShape, typename ClusterShape,
+          typename KernelSchedule, typename EpilogueSchedule, typename TileScheduler = void>
+struct TokenMajorGemm {
   using Accumulator = float;
-  static constexpr int kAlignment = 16 / sizeof(Element);  // elements per 16-byte TMA access
-  // TileShape: rows of D (features) x columns (tokens) x depth per step. ClusterShape: CTAs along the
-  // rows that share each tile of tokens through TMA multicast. Persistent CTAs, one per SM.
-  using TileShape = TileShape_;
-  using ClusterShape = ClusterShape_;
+  static constexpr int kInAlignment = 16 / sizeof(ElementIn);  // elements per 16-byte TMA access
+  static constexpr int kOutAlignment = 16 / sizeof(ElementOut);
 
-  // D = gelu_erf(acc + bias[row]) in float32 (gelu.cuh); no C operand (void) so nothing is read but the bias.
-  using Fusion = cutlass::epilogue::fusion::LinCombPerRowBiasEltAct<GeluErfFit<false>::Activation, Element,
-                                                                     Accumulator, Element, Element, Accumulator>;
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
       cutlass::epilogue::collective::EpilogueTileAuto, Accumulator, Accumulator, void,
-      cutlass::layout::ColumnMajor, kAlignment, Element, cutlass::layout::ColumnMajor, kAlignment,
+      cutlass::layout::ColumnMajor, kOutAlignment, ElementOut, cutlass::layout::ColumnMajor, kOutAlignment,
       EpilogueSchedule, Fusion>::CollectiveOp;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, cutlass::layout::RowMajor, kAlignment, Element,
-      cutlass::layout::ColumnMajor, kAlignment, Accumulator, TileShape, ClusterShape,
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementIn, cutlass::layout::RowMajor, kInAlignment,
+      ElementIn, cutlass::layout::ColumnMajor, kInAlignment, Accumulator, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       KernelSchedule>::CollectiveOp;
-  using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue>;
+  using Kernel =
+      cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue, TileScheduler>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+};
+
+template <typename Element, typename TileShape, typename ClusterShape, typename KernelSchedule,
+          typename EpilogueSchedule>
+struct BiasGeluGemm {
+  // D = gelu_erf(acc + bias[row]) in float32 (gelu.cuh); no C operand (void) so nothing is read but the bias.
+  using Fusion = cutlass::epilogue::fusion::LinCombPerRowBiasEltAct<GeluErfFit<false>::Activation, Element, float,
+                                                                     Element, Element, float>;
+  using Gemm = typename TokenMajorGemm<Element, Element, Fusion, TileShape, ClusterShape, KernelSchedule,
+                                       EpilogueSchedule>::Gemm;
 
   static const char* run(int64_t tokens, int64_t n, int64_t k, const void* in, const void* weight, const void* bias,
                          void* out, void* workspace, size_t workspace_bytes, int sm_count, cudaStream_t stream) {
@@ -138,31 +148,14 @@ struct BiasGeluGemm {
 //   D = scale_d * activation(acc * (*in_step) * (*weight_step) + bias[row])
 // where scale_d (*out_inverse) applies only to an e4m3 D. The steps are read from device memory, so one
 // launch serves every layer and a captured graph keeps no host copy of them.
-template <typename ElementOut, typename ElementBias, template <class> class Activation, typename TileShape_,
-          typename ClusterShape_, typename KernelSchedule, typename EpilogueSchedule, typename TileScheduler>
+template <typename ElementOut, typename ElementBias, template <class> class Activation, typename TileShape,
+          typename ClusterShape, typename KernelSchedule, typename EpilogueSchedule, typename TileScheduler>
 struct Fp8Gemm {
   using ElementIn = cutlass::float_e4m3_t;
-  using Accumulator = float;
-  static constexpr int kInAlignment = 16;  // elements per 16-byte TMA access
-  static constexpr int kOutAlignment = 16 / sizeof(ElementOut);
-  using TileShape = TileShape_;
-  using ClusterShape = ClusterShape_;
-
-  using Fusion = cutlass::epilogue::fusion::ScaledLinCombPerRowBiasEltAct<Activation, ElementOut, Accumulator,
-                                                                           ElementBias, ElementOut, Accumulator>;
-  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, Accumulator, Accumulator, void,
-      cutlass::layout::ColumnMajor, kOutAlignment, ElementOut, cutlass::layout::ColumnMajor, kOutAlignment,
-      EpilogueSchedule, Fusion>::CollectiveOp;
-  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementIn, cutlass::layout::RowMajor, kInAlignment,
-      ElementIn, cutlass::layout::ColumnMajor, kInAlignment, Accumulator, TileShape, ClusterShape,
-      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-      KernelSchedule>::CollectiveOp;
-  using Kernel =
-      cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue, TileScheduler>;
-  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+  using Fusion = cutlass::epilogue::fusion::ScaledLinCombPerRowBiasEltAct<Activation, ElementOut, float,
+                                                                           ElementBias, ElementOut, float>;
+  using Gemm = typename TokenMajorGemm<ElementIn, ElementOut, Fusion, TileShape, ClusterShape, KernelSchedule,
+                                       EpilogueSchedule, TileScheduler>::Gemm;
 
   static const char* run(int64_t tokens, int64_t n, int64_t k, const void* in, const void* weight, const void* bias,
                          const float* in_step, const float* weight_step, const float* out_inverse, void* out,
