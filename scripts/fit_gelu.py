@@ -85,9 +85,7 @@ def main() -> None:
     parser.add_argument("--degree", type=int, default=7)
     coefficients = fit(parser.parse_args().degree)
     print(error_report(coefficients))
-    print(f"  float p = {float(coefficients[-1])!r}f;")
-    for c in coefficients[-2::-1]:
-        print(f"  p = fmaf(p, s, {float(c)!r}f);")
+    print("  constexpr float kFit[] = {" + ", ".join(f"{float(c)!r}f" for c in coefficients[::-1]) + "};")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,5 @@ def header_coefficients(function: str) -> np.ndarray:
     source = (ROOT / "csrc" / "cuda" / "gelu.cuh").read_text()
     start = source.index(f"float {function}(float x)")
     body = source[start:source.index("\n}\n", start)]
-    leading = re.search(r"float p = ([-0-9.e]+)f;", body).group(1)
-    rest = re.findall(r"p = fmaf\(p, s, ([-0-9.e]+)f\);", body)
-    return np.array([float(v) for v in [leading, *rest]][::-1], dtype=np.float32)
+    listed = re.search(r"kFit\[\] = \{([^}]*)\}", body).group(1)  # highest degree first
+    return np.array([float(v.strip().rstrip("f")) for v in listed.split(",")][::-1], dtype=np.float32)

@@ -29,37 +29,30 @@
 
 namespace fusedbert::cuda {
 
-// max(x, 0) - s * 2^p, where p approximates log2(Phi(-s)) and s = |x|.
-__device__ __forceinline__ float gelu_from_log2_phi(float x, float s, float p) {
+// max(x, 0) - s * Phi(-s) with s = |x|, where log2(Phi(-s)) is the polynomial in s with coefficients
+// `fit`, highest degree first (scripts/fit_gelu.py), evaluated by Horner's rule.
+template <int kCoefficients>
+__device__ __forceinline__ float gelu_from_log2_phi_fit(float x, const float (&fit)[kCoefficients]) {
+  const float s = fabsf(x);
+  float p = fit[0];
+#pragma unroll
+  for (int i = 1; i < kCoefficients; ++i) p = fmaf(p, s, fit[i]);
   float t;  // Phi(-s), flushed to 0 below float32's normal range
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(t) : "f"(p));
   return fmaf(-s, t, fmaxf(x, 0.0f));
 }
 
 __device__ __forceinline__ float gelu_erf_low_precision(float x) {
-  const float s = fabsf(x);
-  // log2(Phi(-s)) as a polynomial in s (scripts/fit_gelu.py).
-  float p = -1.0353143125030329e-06f;
-  p = fmaf(p, s, 4.9506921641295776e-05f);
-  p = fmaf(p, s, -0.0008593633538112044f);
-  p = fmaf(p, s, 0.008302463218569756f);
-  p = fmaf(p, s, -0.05365906283259392f);
-  p = fmaf(p, s, -0.4586728513240814f);
-  p = fmaf(p, s, -1.1511963605880737f);
-  p = fmaf(p, s, -0.9999974370002747f);
-  return gelu_from_log2_phi(x, s, p);
+  constexpr float kFit[] = {-1.0353143125030329e-06f, 4.9506921641295776e-05f, -0.0008593633538112044f,
+                            0.008302463218569756f,   -0.05365906283259392f,  -0.4586728513240814f,
+                            -1.1511963605880737f,    -0.9999974370002747f};
+  return gelu_from_log2_phi_fit(x, kFit);
 }
 
 __device__ __forceinline__ float gelu_erf_e4m3(float x) {
-  const float s = fabsf(x);
-  // log2(Phi(-s)) as a polynomial in s (scripts/fit_gelu.py --degree 5).
-  float p = -0.00033064294257201254f;
-  p = fmaf(p, s, 0.005925048608332872f);
-  p = fmaf(p, s, -0.04856766015291214f);
-  p = fmaf(p, s, -0.46365347504615784f);
-  p = fmaf(p, s, -1.1494300365447998f);
-  p = fmaf(p, s, -1.0000978708267212f);
-  return gelu_from_log2_phi(x, s, p);
+  constexpr float kFit[] = {-0.00033064294257201254f, 0.005925048608332872f, -0.04856766015291214f,
+                            -0.46365347504615784f,    -1.1494300365447998f,  -1.0000978708267212f};
+  return gelu_from_log2_phi_fit(x, kFit);
 }
 
 }  // namespace fusedbert::cuda
