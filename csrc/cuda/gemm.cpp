@@ -468,7 +468,8 @@ void fp8_linear_named(at::Tensor& out, const at::Tensor& in, const at::Tensor& w
   const auto named = named_fp8_kernels();
   const auto found = std::find_if(named.begin(), named.end(), [&](const auto& entry) { return entry.first == kernel; });
   TORCH_CHECK(found != named.end(), "fusedbert::fp8_ffn_linear: no kernel '", kernel, "' in this build; it has ",
-              named.empty() ? std::string("none (no CUTLASS sm_90a kernels were built)") : c10::Join(", ", fp8_kernels()));
+              named.empty() ? std::string("none (no CUTLASS sm_90a kernels were built)")
+                            : c10::Join(", ", fp8_kernels()));
   if (in.size(0) == 0) return;
   if (found->second == kSkinny) {
     const char* refusal = skinny_fp8_refusal(fp8_plan_key(out, in, weight, bias, stage, model_dtype));
