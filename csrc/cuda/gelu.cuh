@@ -4,11 +4,11 @@
 // GEMM tuner's choices compute the same function; gelu_erf_e4m3 is the FP8 FFN1 epilogue's.
 //
 // Why: the activation bounds the FFN1 epilogue, and a ping-pong kernel hides its epilogue behind the other
-// warp group's MMAs only while it is the shorter. On the H100 at 8,990 tokens of bert-base: the previous
-// form here (a polynomial in x^2, then x / (1 + 2^p): ex2, a reciprocal and a 14-op dependent chain) took
-// 90 us in the float16 kernel and 71 in the FP8 one (42 with no activation at all); this form 81 and 61,
-// and the FP8 epilogue's shorter polynomial 54 (128 x 128 tiles). erff, about 20 instructions with branches'
-// worth of selects, was slower still.
+// warp group's MMAs only while it is the shorter. On the H100 at 8,990 tokens of bert-base, 128 x 128 tiles:
+// the previous form here (a polynomial in x^2, then x / (1 + 2^p): ex2, a reciprocal and a 14-op dependent
+// chain) took 90 us in the float16 kernel and 77 in the FP8 one (42 with no activation at all); this form
+// 81 and 61, and the FP8 epilogue's shorter polynomial 54. erff, about 20 instructions with branches' worth
+// of selects, was slower still.
 //
 // How: with s = |x| and t = Phi(-s), gelu(x) = max(x, 0) - s * t for either sign of x (x - x Phi(-x) above
 // 0, x Phi(x) below). log2(Phi(-s)) is smooth on s >= 0, so a polynomial in s fits it on [0, 5]
