@@ -105,9 +105,10 @@ TORCH_LIBRARY(fusedbert, m) {
   m.def("linear_bias_gelu_kernels() -> str[]", &fusedbert::linear_bias_gelu_kernels);
   // CUDA only, on Hopper builds with CUTLASS: one of the FP8 FFN's GEMMs (the encoder's fp8_ffn_scales mode)
   // by one named kernel of fp8_ffn_linear_kernels() (the CUTLASS tile configurations, then "skinny", the
-  // small-batch kernel, up to 64 token rows), for tests and benchmarks; the encoder times them per shape. input [T, K] and weight [N, K] are float8_e4m3fn codes, scales one layer's row of
-  // fp8_ffn_scales ([6] float32, on input's device), dtype the model's (float16/bfloat16). stage "ffn1":
-  // bias [N] in dtype, returns gelu's output as e4m3 codes [T, N]; "ffn2": no bias, returns [T, N] in dtype.
+  // small-batch kernel, up to 64 token rows), for tests and benchmarks; the encoder times them per shape.
+  // input [T, K] and weight [N, K] are float8_e4m3fn codes, scales one layer's row of fp8_ffn_scales ([6]
+  // float32, on input's device), dtype the model's (float16/bfloat16). stage "ffn1": bias [N] in dtype,
+  // returns gelu's output as e4m3 codes [T, N]; "ffn2": no bias, returns [T, N] in dtype.
   m.def("fp8_ffn_linear(Tensor input, Tensor weight, Tensor? bias, Tensor scales, str stage, ScalarType dtype, "
         "str kernel) -> Tensor");
   m.def("fp8_ffn_linear_kernels() -> str[]", &fusedbert::fp8_ffn_linear_kernels);
