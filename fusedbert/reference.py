@@ -36,8 +36,9 @@ def attention(qkv: torch.Tensor, key_is_real: torch.Tensor, num_heads: int) -> t
 E4M3_MAX = 448.0  # the largest finite float8_e4m3fn
 # fp8_ffn_scales' columns (csrc/encoder_args.h): value = e4m3 code * step; a value is multiplied by the
 # inverse (1 / step in float32) before rounding.
-FFN_INPUT_STEP, FFN_INPUT_INVERSE, FFN1_WEIGHT_STEP, FFN_INNER_STEP, FFN_INNER_INVERSE, FFN2_WEIGHT_STEP = range(6)
 FP8_SCALES_PER_LAYER = 6
+FFN_INPUT_STEP, FFN_INPUT_INVERSE, FFN1_WEIGHT_STEP, FFN_INNER_STEP, FFN_INNER_INVERSE, FFN2_WEIGHT_STEP = range(
+    FP8_SCALES_PER_LAYER)
 
 
 def round_to_e4m3(values: torch.Tensor) -> torch.Tensor:
