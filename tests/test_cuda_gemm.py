@@ -102,11 +102,28 @@ def test_the_small_batch_kernel_refuses_float32():
 
 
 def test_split_k_runs_back_to_back_give_the_same_result():
-    # The split-K epilogue counts arriving CTAs per tile and resets the counters for the next GEMM.
+    # A tile's splits are summed in split order by the first CTA of their cluster: no order depends on timing.
     x, w, b = ffn1_inputs(16, *SHAPES["bert_base_ffn2_shape"], torch.float16)
     first = torch.ops.fusedbert.linear_bias_gelu(x, w, b, "skinny")
     for _ in range(3):
         torch.testing.assert_close(torch.ops.fusedbert.linear_bias_gelu(x, w, b, "skinny"), first, rtol=0, atol=0)
+
+
+# (k, n) where the small-batch kernel splits K into clusters of other sizes (run() in csrc/cuda/skinny_gemm.cu:
+# ceil(SMs / (n / 16)) splits, at most 8 and at most one 32-wide step per warp each): 16 tiles of K = 4096 give
+# the largest cluster, 8; K = 1088 (34 steps) gives 4 splits of 9, 9, 9 and 7 steps, with warps that get none.
+CLUSTER_SHAPES = {"eight_splits": (4096, 256), "uneven_splits": (1088, 256)}
+
+
+@pytest.mark.parametrize("tokens", [1, 16, SKINNY_MAX_ROWS])
+@pytest.mark.parametrize("shape", CLUSTER_SHAPES.values(), ids=CLUSTER_SHAPES.keys())
+def test_the_small_batch_kernel_sums_every_split_of_k(shape, tokens):
+    hidden, intermediate = shape
+    x, w, b = ffn1_inputs(tokens, hidden, intermediate, torch.float16)
+    reference = F.gelu(F.linear(x.float(), w.float(), b.float()))
+    theirs = (F.gelu(F.linear(x, w, b)).float() - reference).abs().max().item()
+    ours = (torch.ops.fusedbert.linear_bias_gelu(x, w, b, "skinny").float() - reference).abs().max().item()
+    assert ours <= 2 * theirs, f"max error {ours:.3g} vs torch float16 {theirs:.3g}"
 
 
 def test_hopper_kernels_refuse_float32():

@@ -157,8 +157,6 @@ at::Tensor encoder_cuda(
   }
   if (packed.packed_rows == 0) return at::zeros({dims.batch, dims.seq_len, dims.hidden}, hidden.options());
 
-  // Taken first: its setup (a memset) would otherwise come between the packing and the first GEMM, which
-  // can start early only right after a kernel (dependent_launch.cuh).
   const at::Tensor workspace = gemm_workspace(hidden);
   at::Tensor x;
   at::Tensor key_bias;  // only without padding removal: padded rows stay in, masked as keys

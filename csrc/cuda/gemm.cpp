@@ -279,7 +279,7 @@ PlanKey without_epilogue(PlanKey key) {
 
 void run_kernel(int kernel, const PlanKey& key, at::Tensor& out, const at::Tensor& in, const at::Tensor& weight,
                 const at::Tensor& bias, const at::Tensor& workspace) {
-  if (kernel == kSkinny) return skinny_linear(out, in, weight, bias, key.epilogue, workspace, kWorkspaceBytes);
+  if (kernel == kSkinny) return skinny_linear(out, in, weight, bias, key.epilogue);
   if (kernel == kCublasLt && key.epilogue != Epilogue::BiasGeluErf) {
     return plan_for(key).run(out, in, weight, bias, workspace);
   }
@@ -380,7 +380,7 @@ const char* run_fp8_kernel(int kernel, at::Tensor& out, const at::Tensor& in, co
   const float* out_inverse = steps + kFfnInnerInverse;  // read by Ffn1 only
   if (kernel == kSkinny) {
     skinny_fp8_linear(out, in, weight, ffn1 ? bias : at::Tensor(), stage, in_step, weight_step, out_inverse,
-                      model_dtype, workspace, kWorkspaceBytes);
+                      model_dtype);
     return nullptr;
   }
   const sm90::Element element = model_dtype == at::kHalf ? sm90::Element::Half : sm90::Element::BFloat16;
@@ -480,10 +480,7 @@ void fp8_linear_named(at::Tensor& out, const at::Tensor& in, const at::Tensor& w
 }
 
 at::Tensor gemm_workspace(const at::Tensor& like) {
-  at::Tensor workspace = at::empty({kWorkspaceBytes + kSkinnyCounterBytes}, like.options().dtype(at::kByte));
-  C10_CUDA_CHECK(cudaMemsetAsync(static_cast<char*>(workspace.data_ptr()) + kWorkspaceBytes, 0, kSkinnyCounterBytes,
-                                 at::cuda::getCurrentCUDAStream()));
-  return workspace;
+  return at::empty({kWorkspaceBytes}, like.options().dtype(at::kByte));
 }
 
 void linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias, Epilogue epilogue,

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <cooperative_groups.h>
 #include <cuda_fp8.h>
 
 #include <algorithm>
@@ -17,8 +18,12 @@ namespace {
 
 // A CTA computes all M rows of 16 output columns (two MMA tiles of 16 x 8 side by side) over its split of
 // K; its warps take consecutive runs of K within that split and sum their accumulators through shared
-// memory. A split-K grid (gridDim.y > 1) writes float32 partial tiles, and the CTA that arrives last at a
-// tile adds them up and runs the epilogue.
+// memory. On Hopper a split-K grid (gridDim.y > 1) launches each tile's splits as one thread block cluster:
+// the first CTA adds the others' sums out of their shared memory (distributed shared memory) and runs the
+// epilogue. A reduction through global memory instead (partial tiles, a fence, an arrival counter the last
+// CTA reads, re-read past L1) put all of that on the critical path of every split-K GEMM and needed its
+// counters zeroed each forward; with clusters bert-base at one sequence of 16 tokens went from 0.437 to
+// 0.341 ms per forward (CUDA graphs, H200), the linear() tuner now choosing this kernel for all four GEMMs.
 //
 // Operands: the model's float16 / bfloat16 (m16n8k16 MMAs), or the FP8 FFN's e4m3 codes (m16n8k32 MMAs,
 // sm_89 on; E4m3 below), whose epilogue first scales the float32 sum by the two operands' steps.
@@ -33,6 +38,7 @@ constexpr int kTileCols = 16;
 template <typename operand_t>
 constexpr int kChunk = 4 * 16 / sizeof(operand_t);
 constexpr int kPrefetch = 4;  // steps whose weight loads a warp issues before their MMAs
+constexpr int kMaxSplits = 8;  // the largest thread block cluster every sm_90 GPU runs
 
 using E4m3 = __nv_fp8_e4m3;
 
@@ -117,14 +123,13 @@ __device__ __forceinline__ out_t to_output(float x) {
 template <typename scalar_t, typename operand_t, int kMTiles, Epilogue kEpilogue>
 __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(
     const operand_t* __restrict__ in, const operand_t* __restrict__ weight, const scalar_t* __restrict__ bias,
-    Output<scalar_t, operand_t, kEpilogue>* __restrict__ out, Fp8Steps steps, float* __restrict__ partials,
-    unsigned* __restrict__ arrivals, int rows, int n, int k) {
+    Output<scalar_t, operand_t, kEpilogue>* __restrict__ out, Fp8Steps steps, int rows, int n, int k) {
   constexpr int kStep = kChunk<operand_t>;
   constexpr int kTileValues = kMTiles * 2 * 4 * 32;  // one warp's accumulators: the CTA's [16 kMTiles, 16] tile
   static_assert(kTileValues % kThreads == 0, "each thread finishes whole values of the tile");
   constexpr int kValuesPerThread = kTileValues / kThreads;
   __shared__ float warp_sums[kWarps][kTileValues];
-  __shared__ bool last_to_arrive;
+  __shared__ float split_sums[kTileValues];  // this split's tile, read by the cluster's first CTA
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = lane / 4, quad = lane % 4;  // group: the MMA's row of A and column of B; quad: its k lanes
@@ -197,24 +202,25 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(
   }
 
   if (splits > 1) {
-    // The threadFenceReduction pattern: publish this split's tile, count arrivals, and the last CTA to
-    // arrive sums every split's tile (read past L1, which does not see other SMs' writes).
-    float* const tiles = partials + static_cast<int64_t>(tile) * splits * kTileValues;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // The cluster is this tile's splits (1 x splits CTAs), so a CTA's rank in it is its split. The first
+    // adds the splits in order: the sum is the same on every run.
+    const cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
 #pragma unroll
-    for (int j = 0; j < kValuesPerThread; ++j) tiles[split * kTileValues + threadIdx.x + j * kThreads] = totals[j];
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) last_to_arrive = atomicAdd(&arrivals[tile], 1u) == static_cast<unsigned>(splits - 1);
-    __syncthreads();
-    if (!last_to_arrive) return;
-    __threadfence();
+    for (int j = 0; j < kValuesPerThread; ++j) split_sums[threadIdx.x + j * kThreads] = totals[j];
+    cluster.sync();
+    if (split == 0) {
+      for (int s = 1; s < splits; ++s) {
+        const float* peer = cluster.map_shared_rank(split_sums, s);
 #pragma unroll
-    for (int j = 0; j < kValuesPerThread; ++j) {
-      float total = 0.0f;
-      for (int s = 0; s < splits; ++s) total += __ldcg(tiles + s * kTileValues + threadIdx.x + j * kThreads);
-      totals[j] = total;
+        for (int j = 0; j < kValuesPerThread; ++j) totals[j] += peer[threadIdx.x + j * kThreads];
+      }
     }
-    if (threadIdx.x == 0) arrivals[tile] = 0;  // ready for the next GEMM: kernels on a stream do not overlap
+    cluster.sync();  // a CTA's shared memory must stay until the first has read it
+    if (split != 0) return;
+#else
+    __trap();  // run() splits K on sm_90 and later only
+#endif
   }
 
 #pragma unroll
@@ -232,24 +238,28 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(
 
 template <typename scalar_t, typename operand_t, int kMTiles, Epilogue kEpilogue>
 void launch_kernel(dim3 grid, cudaStream_t stream, const at::Tensor& out, const at::Tensor& in,
-                   const at::Tensor& weight, const at::Tensor& bias, const Fp8Steps& steps, float* partials,
-                   unsigned* arrivals) {
-  // Launched to overlap the kernel before it where the GPU can (sm_90 on: see dependent_launch.cuh).
-  cudaLaunchAttribute early_start;
-  early_start.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  early_start.val.programmaticStreamSerializationAllowed = 1;
+                   const at::Tensor& weight, const at::Tensor& bias, const Fp8Steps& steps) {
+  cudaLaunchAttribute attributes[2];
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = dim3(kThreads);
   config.stream = stream;
-  config.attrs = &early_start;
-  config.numAttrs = at::cuda::getCurrentDeviceProperties()->major >= 9 ? 1 : 0;
+  config.attrs = attributes;
+  if (at::cuda::getCurrentDeviceProperties()->major >= 9) {
+    // Launched to overlap the kernel before it (dependent_launch.cuh).
+    attributes[config.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[config.numAttrs++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (grid.y > 1) {  // a tile's splits as one cluster
+    attributes[config.numAttrs].id = cudaLaunchAttributeClusterDimension;
+    attributes[config.numAttrs++].val.clusterDim = {1, grid.y, 1};
+  }
   C10_CUDA_CHECK(cudaLaunchKernelEx(
       &config, skinny_gemm_kernel<scalar_t, operand_t, kMTiles, kEpilogue>,
       static_cast<const operand_t*>(in.const_data_ptr()), static_cast<const operand_t*>(weight.const_data_ptr()),
       bias.defined() ? static_cast<const scalar_t*>(bias.const_data_ptr()) : nullptr,
-      static_cast<Output<scalar_t, operand_t, kEpilogue>*>(out.data_ptr()), steps, partials, arrivals,
-      static_cast<int>(in.size(0)), static_cast<int>(weight.size(0)), static_cast<int>(weight.size(1))));
+      static_cast<Output<scalar_t, operand_t, kEpilogue>*>(out.data_ptr()), steps, static_cast<int>(in.size(0)),
+      static_cast<int>(weight.size(0)), static_cast<int>(weight.size(1))));
 }
 
 // The kernel for `epilogue`, as a function pointer of launch_kernel's signature.
@@ -273,25 +283,22 @@ auto kernel_launcher(Epilogue epilogue) {
 // Tiles of 16, 32 or 64 rows: a few more MMAs on zero rows cost less than more instantiations.
 int m_tiles(int64_t rows) { return rows <= 16 ? 1 : rows <= 32 ? 2 : 4; }
 
-// Splits K until the grid covers the SMs, keeping at least one step per warp, and launches.
+// Splits K until the grid covers the SMs (on sm_90 and later, which have clusters), keeping at least one
+// step per warp, and launches.
 template <typename scalar_t, typename operand_t>
 void run(Epilogue epilogue, const at::Tensor& out, const at::Tensor& in, const at::Tensor& weight,
-         const at::Tensor& bias, const Fp8Steps& steps, const at::Tensor& workspace, int64_t scratch_bytes) {
+         const at::Tensor& bias, const Fp8Steps& steps) {
   const int64_t rows = in.size(0), tiles = weight.size(0) / kTileCols, k_steps = weight.size(1) / kChunk<operand_t>;
-  const int64_t tile_values = m_tiles(rows) * 256;
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  int64_t splits = std::clamp<int64_t>((sms + tiles - 1) / tiles, 1, std::max<int64_t>(1, k_steps / kWarps));
-  splits = std::min<int64_t>(splits, scratch_bytes / (tiles * tile_values * static_cast<int64_t>(sizeof(float))));
-  TORCH_CHECK(splits >= 1 && workspace.nbytes() >= static_cast<size_t>(scratch_bytes + kSkinnyCounterBytes),
-              "fusedbert::encoder (CUDA): the small-batch GEMM's workspace is too small");
+  const cudaDeviceProp* device = at::cuda::getCurrentDeviceProperties();
+  const int64_t max_splits = device->major >= 9 ? std::min<int64_t>(kMaxSplits, k_steps / kWarps) : 1;
+  const int64_t splits =
+      std::clamp<int64_t>((device->multiProcessorCount + tiles - 1) / tiles, 1, std::max<int64_t>(1, max_splits));
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(splits));
-  float* partials = static_cast<float*>(workspace.data_ptr());
-  unsigned* arrivals = reinterpret_cast<unsigned*>(static_cast<char*>(workspace.data_ptr()) + scratch_bytes);
   const int tiles_of_rows = m_tiles(rows);
   const auto launch = tiles_of_rows == 1   ? kernel_launcher<scalar_t, operand_t, 1>(epilogue)
                       : tiles_of_rows == 2 ? kernel_launcher<scalar_t, operand_t, 2>(epilogue)
                                            : kernel_launcher<scalar_t, operand_t, 4>(epilogue);
-  launch(grid, at::cuda::getCurrentCUDAStream(), out, in, weight, bias, steps, partials, arrivals);
+  launch(grid, at::cuda::getCurrentCUDAStream(), out, in, weight, bias, steps);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -301,7 +308,6 @@ const char* shape_refusal(int64_t rows, int64_t n, int64_t k, int64_t k_multiple
     return k_multiple == 32 ? "it needs N a multiple of 16 and K a multiple of 32"
                             : "it needs N a multiple of 16 and K a multiple of 64";
   }
-  if (n / kTileCols > kSkinnyCounterBytes / static_cast<int64_t>(sizeof(unsigned))) return "N is too large";
   if (alignment < 16) return "it needs 16-byte aligned buffers";
   return nullptr;
 }
@@ -315,11 +321,11 @@ const char* skinny_linear_refusal(at::ScalarType dtype, int64_t rows, int64_t n,
 }
 
 void skinny_linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
-                   Epilogue epilogue, const at::Tensor& workspace, int64_t scratch_bytes) {
+                   Epilogue epilogue) {
   if (in.scalar_type() == at::kHalf) {
-    run<at::Half, at::Half>(epilogue, out, in, weight, bias, {}, workspace, scratch_bytes);
+    run<at::Half, at::Half>(epilogue, out, in, weight, bias, {});
   } else {
-    run<at::BFloat16, at::BFloat16>(epilogue, out, in, weight, bias, {}, workspace, scratch_bytes);
+    run<at::BFloat16, at::BFloat16>(epilogue, out, in, weight, bias, {});
   }
 }
 
@@ -331,14 +337,13 @@ const char* skinny_fp8_linear_refusal(int64_t rows, int64_t n, int64_t k, int64_
 
 void skinny_fp8_linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
                        sm90::Fp8Stage stage, const float* in_step, const float* weight_step,
-                       const float* out_inverse, at::ScalarType model_dtype, const at::Tensor& workspace,
-                       int64_t scratch_bytes) {
+                       const float* out_inverse, at::ScalarType model_dtype) {
   const Epilogue epilogue = stage == sm90::Fp8Stage::Ffn1 ? Epilogue::BiasGeluErf : Epilogue::None;
   const Fp8Steps steps{in_step, weight_step, out_inverse};
   if (model_dtype == at::kHalf) {
-    run<at::Half, E4m3>(epilogue, out, in, weight, bias, steps, workspace, scratch_bytes);
+    run<at::Half, E4m3>(epilogue, out, in, weight, bias, steps);
   } else {
-    run<at::BFloat16, E4m3>(epilogue, out, in, weight, bias, steps, workspace, scratch_bytes);
+    run<at::BFloat16, E4m3>(epilogue, out, in, weight, bias, steps);
   }
 }
 

@@ -4,8 +4,9 @@
 // Why: cuBLASLt's best kernels for M <= 64 took 4-5 us per bert-base GEMM on an H200 (QKV: 3.5 MB of
 // weights, 0.7 TB/s), and the FFN's second GEMM added a split-K reduction kernel and FFN1 a separate erf-GELU
 // pass: 9 launches and ~30 us per layer at one sequence of 16 tokens. This kernel spreads each weight
-// matrix over every SM with warp-level MMAs and split-K, and does bias, activation and the split-K sum in
-// its own epilogue: one launch per GEMM. linear() times it against cuBLASLt per shape (gemm.cpp).
+// matrix over every SM with warp-level MMAs and split-K (on sm_90 on: a tile's splits form a thread block
+// cluster), and does bias, activation and the split-K sum in its own epilogue: one launch per GEMM, and no
+// workspace. linear() times it against cuBLASLt per shape (gemm.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -15,16 +16,12 @@
 namespace fusedbert::cuda {
 
 constexpr int64_t kSkinnyMaxRows = 64;
-// Per-tile arrival counters that the split-K epilogue uses; they live at the end of the GEMM workspace,
-// zeroed by gemm_workspace() and left zeroed by every kernel that uses them.
-constexpr int64_t kSkinnyCounterBytes = 16 << 10;
 
 // Whether skinny_linear computes this GEMM; why not, when it does not (nullptr when it does).
 const char* skinny_linear_refusal(at::ScalarType dtype, int64_t rows, int64_t n, int64_t k, int64_t alignment);
 
-// workspace: gemm_workspace()'s; its first scratch_bytes hold the split-K partial sums, the rest the counters.
 void skinny_linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
-                   Epilogue epilogue, const at::Tensor& workspace, int64_t scratch_bytes);
+                   Epilogue epilogue);
 
 // The same kernel for the FP8 FFN's GEMMs (gemm.h's fp8_linear; sm90::fp8_linear computes the same): in and
 // weight e4m3 codes, their product scaled by *in_step * *weight_step in float32; Ffn1 then adds the bias
@@ -34,7 +31,6 @@ void skinny_linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weig
 const char* skinny_fp8_linear_refusal(int64_t rows, int64_t n, int64_t k, int64_t alignment);
 void skinny_fp8_linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
                        sm90::Fp8Stage stage, const float* in_step, const float* weight_step,
-                       const float* out_inverse, at::ScalarType model_dtype, const at::Tensor& workspace,
-                       int64_t scratch_bytes);
+                       const float* out_inverse, at::ScalarType model_dtype);
 
 }  // namespace fusedbert::cuda
