@@ -326,27 +326,34 @@ KernelChoice& choice_for(const PlanKey& key) {
   return cached(choices, key, [&] { return KernelChoice{default_kernel(key), false}; });
 }
 
-// Times every candidate on this call's buffers, cuBLASLt's plan tuned first (its run tunes it).
-int fastest_kernel(const PlanKey& key, at::Tensor& out, const at::Tensor& in, const at::Tensor& weight,
-                   const at::Tensor& bias, const at::Tensor& workspace) {
-  const std::vector<int> kernels = candidates(key);
-  if (kernels.size() == 1) return kernels.front();
-  run_kernel(kCublasLt, key, out, in, weight, bias, workspace);
-  int best = kCublasLt;
+// Of `kernels`, the one cold_cache_ms times fastest on this call's buffers; run(kernel) runs one and says
+// whether it could.
+int fastest(const std::vector<int>& kernels, const std::function<bool(int)>& run, const at::Tensor& like) {
+  int best = kernels.front();
   float best_ms = std::numeric_limits<float>::infinity();
   for (int kernel : kernels) {
-    const float ms = cold_cache_ms(
-        [&] {
-          run_kernel(kernel, key, out, in, weight, bias, workspace);
-          return true;
-        },
-        in);
+    const float ms = cold_cache_ms([&] { return run(kernel); }, like);
     if (ms < best_ms) {
       best_ms = ms;
       best = kernel;
     }
   }
   return best;
+}
+
+// Times every candidate, cuBLASLt's plan tuned first (its run tunes it).
+int fastest_kernel(const PlanKey& key, at::Tensor& out, const at::Tensor& in, const at::Tensor& weight,
+                   const at::Tensor& bias, const at::Tensor& workspace) {
+  const std::vector<int> kernels = candidates(key);
+  if (kernels.size() == 1) return kernels.front();
+  run_kernel(kCublasLt, key, out, in, weight, bias, workspace);
+  return fastest(
+      kernels,
+      [&](int kernel) {
+        run_kernel(kernel, key, out, in, weight, bias, workspace);
+        return true;
+      },
+      in);
 }
 
 PlanKey plan_key(const at::Tensor& out, const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias,
@@ -440,16 +447,11 @@ void fp8_linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weight,
   KernelChoice& choice = cached(choices, key, [&] { return KernelChoice{skinny ? kSkinny : 0, false}; });
   // Timing waits on events, which a stream being captured cannot do; the graph's warm-up tunes first.
   if (!choice.tuned && gemm_autotuning_enabled() && !current_stream_is_capturing()) {
-    float best_ms = std::numeric_limits<float>::infinity();
+    std::vector<int> kernels;
     for (const auto& [name, kernel] : named_fp8_kernels()) {
-      if (kernel == kSkinny && !skinny) continue;
-      const float ms = cold_cache_ms([&] { return run(kernel) == nullptr; }, in);
-      if (ms < best_ms) {
-        best_ms = ms;
-        choice.kernel = kernel;
-      }
+      if (kernel != kSkinny || skinny) kernels.push_back(kernel);
     }
-    choice.tuned = true;
+    choice = {fastest(kernels, [&](int kernel) { return run(kernel) == nullptr; }, in), true};
   }
   const char* error = run(choice.kernel);
   TORCH_CHECK(error == nullptr, "fusedbert::encoder (CUDA): the FP8 FFN GEMM (", sm90::fp8_kernel_name(choice.kernel),
