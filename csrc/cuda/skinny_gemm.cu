@@ -22,8 +22,8 @@ namespace {
 // the first CTA adds the others' sums out of their shared memory (distributed shared memory) and runs the
 // epilogue. A reduction through global memory instead (partial tiles, a fence, an arrival counter the last
 // CTA reads, re-read past L1) put all of that on the critical path of every split-K GEMM and needed its
-// counters zeroed each forward; with clusters bert-base at one sequence of 16 tokens went from 0.437 to
-// 0.341 ms per forward (CUDA graphs, H200), the linear() tuner now choosing this kernel for all four GEMMs.
+// counters zeroed each forward. With clusters, bert-base at one sequence of 16 tokens went from 0.437 to
+// 0.341 ms per forward (CUDA graphs, H200; docs/benchmarks.md).
 //
 // Operands: the model's float16 / bfloat16 (m16n8k16 MMAs), or the FP8 FFN's e4m3 codes (m16n8k32 MMAs,
 // sm_89 on; E4m3 below), whose epilogue first scales the float32 sum by the two operands' steps.
