@@ -394,6 +394,115 @@ def test_explanations_in_torchscript_mode_say_they_need_pretrained(handlers):
     assert 'explanations need "save_mode": "pretrained"' in result.responses[0]["message"]
 
 
+# ------------------------------------------------------------------------------ long texts, prefixes
+
+def trained_tokenizer(kind: str):
+    """A small fast tokenizer of another family than MiniLM's WordPiece, trained here on the benchmark
+    sentences: "byte_level" (GPT-2 / RoBERTa style BPE) or "metaspace" (SentencePiece style Unigram)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from benchmarks.texts import load_sentences
+
+    if kind == "byte_level":
+        backend = Tokenizer(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<s>", "</s>", "<pad>", "<unk>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    else:
+        backend = Tokenizer(models.Unigram())
+        backend.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+        backend.pre_tokenizer = pre_tokenizers.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=600, special_tokens=["<s>", "</s>", "<pad>", "<unk>"],
+                                          unk_token="<unk>")
+    backend.train_from_iterator(load_sentences(), trainer)
+    from tokenizers.processors import TemplateProcessing
+
+    backend.post_processor = TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> $B </s>",
+                                                special_tokens=[("<s>", 0), ("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", cls_token="<s>", sep_token="</s>")
+
+
+def long_texts() -> list[str]:
+    """Texts past max_length whose cut points are awkward: runs of spaces and other whitespace, marks
+    that combine, characters the normalizer drops or spaces out, words longer than a prefix limit."""
+    from benchmarks.texts import load_sentences
+
+    prose = " ".join(load_sentences(40))
+    return [
+        prose,
+        "word " * 1000,
+        prose.replace(" ", "  \t\n ").replace(".", ". \u00a0"),
+        ("cafe\u0301 nai\u0308ve \x00null\x00 zero\u200bwidth \U0001F642 ok " * 200),
+        "\u4e2d\u6587\u6ca1\u6709\u7a7a\u683c" * 400 + " then words " * 50,  # no space until far past the limit
+        ("x" * 150 + " ") * 40 + prose,  # each word one [UNK]: a short prefix holds too few tokens
+        "Short one.",
+        prose[:200],
+    ]
+
+
+@pytest.mark.parametrize("kind", ["minilm", "byte_level", "metaspace"])
+def test_long_texts_tokenize_from_a_prefix_exactly_as_whole(kind, minilm_tokenizer):
+    """Every prefix limit, from one that cuts inside the first few tokens to past the whole text, gives
+    the rows of the whole text: at max_length 16 the cut lands among the tokens the model sees."""
+    from modes import Example, SequenceClassificationMode, prefixes_tokenize_alike
+
+    tokenizer = minilm_tokenizer if kind == "minilm" else trained_tokenizer(kind)
+    assert prefixes_tokenize_alike(tokenizer)
+    max_length, texts = 16, long_texts()
+    whole = tokenizer(texts, truncation=True, max_length=max_length, return_overflowing_tokens=True,
+                      return_offsets_mapping=True, return_special_tokens_mask=True)
+    sample_of_row = whole["overflow_to_sample_mapping"]
+    first_rows = [sample_of_row.index(i) for i in range(len(texts))]
+    assert [sample_of_row.count(i) > 1 for i in range(len(texts))] == [True] * 6 + [False, True]
+    mode = SequenceClassificationMode(tokenizer, max_length=max_length, labels=["a", "b"])
+    for limit in range(1, 200, 3):
+        mode.prefix_chars = limit
+        got = mode.encode([Example(text) for text in texts])
+        assert got.truncated == [sample_of_row.count(i) > 1 for i in range(len(texts))], limit
+        for position, row in enumerate(first_rows):
+            where = f"text {position}, prefix limit {limit}"
+            length = len(whole["input_ids"][row])
+            assert got.inputs["input_ids"][position, :length].tolist() == whole["input_ids"][row], where
+            assert got.inputs["attention_mask"][position].sum() == length, where
+            assert got.rows[position]["offset_mapping"] == whole["offset_mapping"][row], where
+            assert got.rows[position]["special_tokens_mask"] == whole["special_tokens_mask"][row], where
+
+
+def test_a_huge_text_is_tokenized_only_as_far_as_max_length_needs(minilm_tokenizer, monkeypatch):
+    from modes import Example, FeatureExtractionMode
+
+    mode = FeatureExtractionMode(minilm_tokenizer, max_length=128, normalize=True)
+    seen = []
+    tokenize = type(minilm_tokenizer).__call__
+    monkeypatch.setattr(type(minilm_tokenizer), "__call__",
+                        lambda self, texts, **kwargs: seen.append(max(map(len, texts))) or tokenize(self, texts, **kwargs))
+    huge = ("The fused encoder runs on real tokens only. " * 30_000)[: 1 << 20]
+    batch = mode.encode([Example(huge), Example("short")])
+    assert batch.truncated == [True, False] and batch.real_tokens == 128 + 3
+    assert seen == [huge.index(" ", 128 * 8)]  # one call, on a prefix ending before the next space
+
+
+@pytest.mark.parametrize("change", ["left truncation", "no pre-tokenizer", "a replacing normalizer"])
+def test_prefixes_are_not_used_where_they_could_tokenize_differently(minilm_tokenizer, change):
+    import copy
+
+    from tokenizers import Regex, normalizers
+
+    from modes import prefixes_tokenize_alike
+
+    tokenizer = copy.deepcopy(minilm_tokenizer)
+    if change == "left truncation":
+        tokenizer.truncation_side = "left"
+    elif change == "no pre-tokenizer":
+        tokenizer.backend_tokenizer.pre_tokenizer = None
+    else:  # a pattern may span the space a prefix ends before
+        tokenizer.backend_tokenizer.normalizer = normalizers.Replace(Regex("a b"), "ab")
+    assert not prefixes_tokenize_alike(tokenizer)
+
+
 # ------------------------------------------------------------------------------------- CUDA graphs
 
 GRAPH_BUCKETS = [[1, 16], [4, 32], [8, 64, 256]]
