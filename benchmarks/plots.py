@@ -32,7 +32,7 @@ MEMORY_KEYS = ("peak_mem_mb", "peak_extra_mem_mb")
 FUSED_STYLE = dict(color="tab:red", linewidth=2.5)
 SYSTEM_STYLES = {"fusedbert": FUSED_STYLE, "fusedbert_graphs": dict(FUSED_STYLE, linestyle="--"),
                  "fusedbert_fp8_graphs": dict(FUSED_STYLE, linestyle=":"), "fused": FUSED_STYLE,
-                 "stock": dict(color="tab:blue"),
+                 "stock": dict(color="tab:blue"), "noop": dict(color="tab:gray"),
                  "hf_eager": dict(color="tab:orange"), "hf_sdpa": dict(color="tab:green"),
                  "nested": dict(color="tab:purple"), "compile": dict(color="tab:blue"), "ort": dict(color="tab:brown")}
 PERCENTILE_STYLES = {"p50": "-", "p90": "--", "p99": ":"}
@@ -125,7 +125,8 @@ def plot_serving(result: dict, output: Path) -> Path:
     rate_axis.set_title("throughput")
     batching = header.get("model_config", {})
     figure.suptitle(f"TorchServe {header.get('mode')} ({header.get('dtype')}, batchSize {batching.get('batchSize')}, "
-                    f"maxBatchDelay {batching.get('maxBatchDelay')} ms): fused vs stock\n{_label(header)}")
+                    f"maxBatchDelay {batching.get('maxBatchDelay')} ms): fused vs stock; noop answers without a model\n"
+                    f"{_label(header)}")
     figure.tight_layout()
     figure.savefig(output, dpi=110)
     plt.close(figure)

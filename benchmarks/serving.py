@@ -10,11 +10,16 @@ TorchServe on loopback (token auth on), under the same bounded load.
 Both archives are built by scripts/build_mar.py from the same checkpoint and configs/<mode>/setup_config.json,
 differing only in "FasterTransformer" (true: TorchScript traced through fusedbert's op; false: TorchScript
 of the plain Hugging Face model), with the same model-config.yaml (batch size, batch delay, workers,
-devices). One TorchServe serves both; the load alternates between them, one concurrency level at a time,
-so drift in the machine's load hits both alike.
+devices). A third archive, ``noop`` (benchmarks/noop_handler.py), answers without a model under the same
+model-config.yaml: the floor of latency and the ceiling of requests/s that the client, the frontend and
+the worker protocol leave on this host. One TorchServe serves all three; the load alternates between
+them, one concurrency level at a time, so drift in the machine's load hits all alike.
 
 Load: a closed loop of ``concurrency`` clients (aiohttp) sending raw text, each sending its next request
-when its previous one is answered, until the cell's request count is sent or its duration cap passes. Texts
+when its previous one is answered, until the cell's request count is sent or its duration cap passes.
+Each cell is preceded by an unmeasured warm-up of at least ``--warmup-requests`` per worker, so that
+every worker has met many input shapes (TorchScript's profiling executor specializes the stock model's
+graph on the first shapes it sees, for tens of ms each on a GPU). Texts
 come from benchmarks/data with token lengths uniform in 8..128 and a 10% tail up to twice max_length
 (truncated to max_length by the handler). Per cell: requests/s, real tokens/s (after truncation), latency
 p50/p90/p99, errors by status; and from the handler's own per-batch metrics (parsed from TorchServe's log):
@@ -69,6 +74,8 @@ import torchserve_control as ts  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SYSTEMS = {"fused": True, "stock": False}  # model name -> setup_config.json "FasterTransformer"
+NOOP = "noop"  # the archive of benchmarks/noop_handler.py: no tokenizer, no model
+NOOP_HANDLER = Path(__file__).resolve().parent / "noop_handler.py"
 CONCURRENCY = (1, 16, 64)
 # Requests per concurrency level on the CPU: enough for a stable p90 at c=1 in a 2-core budget; at c=64
 # each request waits behind several full batches, so fewer requests already fill the duration cap.
@@ -93,11 +100,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mode", default="sequence_classification",
                         help="a folder of configs/ whose setup_config.json both archives start from")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default: fp32 on CPU, fp16 on CUDA")
-    parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(SYSTEMS),
-                        help="which archives to serve and load (default: both; the ratio needs both)")
+    parser.add_argument("--systems", nargs="+", choices=[*SYSTEMS, NOOP], default=[*SYSTEMS, NOOP],
+                        help="which archives to serve and load (default: all; the ratios need them all)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     parser.add_argument("--requests", type=int, help="requests per cell (default: per concurrency, see the JSON)")
     parser.add_argument("--duration-cap", type=float, default=45.0, help="seconds per cell at most (default: %(default)s)")
+    parser.add_argument("--warmup-requests", type=int, default=64,
+                        help="unmeasured requests per worker before each cell, at least 2 per client (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, help="TorchServe batchSize (default: configs/model-config.yaml's)")
     parser.add_argument("--max-batch-delay", type=int, help="TorchServe maxBatchDelay in ms (default: the config's)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU worker: OMP_NUM_THREADS")
@@ -121,6 +130,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--gpus and --workers-per-gpu need --device cuda")
     if args.workers_per_gpu < 1:
         parser.error("--workers-per-gpu must be >= 1")
+    if not set(args.systems) & set(SYSTEMS):
+        parser.error(f"--systems needs {' or '.join(SYSTEMS)}: the request texts come from that model's tokenizer")
     args.dtype = args.dtype or ("fp16" if args.device == "cuda" else "fp32")
     return args
 
@@ -197,6 +208,10 @@ def build_archives(args: argparse.Namespace, store: Path, config: dict) -> dict:
     model_config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     setups = {}
     for name in args.systems:
+        if name == NOOP:
+            if not args.skip_build:
+                build_noop_archive(store, model_config_path)
+            continue
         setups[name] = dict(setup, FasterTransformer=SYSTEMS[name], data_type=args.dtype)
         if args.device == "cuda" and SYSTEMS[name]:
             buckets = args.cuda_graph_buckets
@@ -215,6 +230,12 @@ def build_archives(args: argparse.Namespace, store: Path, config: dict) -> dict:
         if status != 0:
             raise SystemExit(f"serving: building the {name} archive failed (scripts/build_mar.py exit {status})")
     return setups
+
+
+def build_noop_archive(store: Path, model_config_path: Path) -> None:
+    archiver = Path(sys.executable).with_name("torch-model-archiver")
+    build_mar.run([archiver if archiver.is_file() else "torch-model-archiver", "--model-name", NOOP, "--version", "1",
+                   "--handler", NOOP_HANDLER, "--config-file", model_config_path, "--export-path", store, "--force"])
 
 
 # ---------------------------------------------------------------------------------------------- load
@@ -304,6 +325,8 @@ def summarize(system: str, concurrency: int, planned: int, replies: list[Reply],
                        "p99": float(np.percentile(latencies_ms, 99)), "mean": float(np.mean(latencies_ms)),
                        "max": float(np.max(latencies_ms))},
         "frontend_queue_ms_mean": queued_us / served / 1e3 if served else None,
+        # What serving adds to the forward pass at the median (#9 asks <= 1.5 ms at one client).
+        "p50_above_model_ms": float(np.percentile(latencies_ms, 50)) - p50("ModelTime") if values("ModelTime") else None,
         "handler": {
             "batches": len(batches),
             "mean_batch_size": float(np.mean(values("BatchSize"))) if values("BatchSize") else None,
@@ -319,11 +342,17 @@ def summarize(system: str, concurrency: int, planned: int, replies: list[Reply],
     }
 
 
+def workers(args: argparse.Namespace) -> int:
+    return args.gpus * args.workers_per_gpu if args.device == "cuda" else 1
+
+
 def measure_cell(server: ts.Server, system: str, concurrency: int, requests: int, args, texts, tokens) -> dict:
     url = f"{server.urls['inference']}/predictions/{system}"
     token = server.key("inference")
-    # Warm-up, not measured: fills the frontend's and the worker's pools at this concurrency.
-    asyncio.run(run_load(url, token, texts, tokens, concurrency, 2 * concurrency, args.duration_cap))
+    # Warm-up, not measured: fills the frontend's and the workers' pools at this concurrency and shows
+    # every worker many input shapes.
+    warmup = max(2 * concurrency, args.warmup_requests * workers(args))
+    asyncio.run(run_load(url, token, texts, tokens, concurrency, warmup, args.duration_cap))
     log = Path(server.run_dir) / "logs" / "ts_log.log"
     offset = log.stat().st_size
     before = frontend_counters(server, system)
@@ -392,7 +421,7 @@ def main(argv=None) -> int:
     store = args.work_dir / "model_store"
     config = model_config(args)
     setups = build_archives(args, store, config)
-    setup = next(iter(setups.values()))
+    setup = next(iter(setups.values()))  # parse_args made sure fused or stock is among the systems
     max_length = int(setup.get("max_length", 128))
 
     tokenizer = load_tokenizer(setup["model_name"])
@@ -420,12 +449,13 @@ def main(argv=None) -> int:
         ts.stop(run_dir)
     header["loadavg_end"] = os.getloadavg()
 
-    ratios = {}
+    ratios = {name: {} for name in ("fused_over_stock_requests_per_s", "fused_share_of_noop_requests_per_s")}
     for concurrency in args.concurrency:
         cell = {r["system"]: r for r in records if r["concurrency"] == concurrency}
-        if len(cell) == len(SYSTEMS) and cell["stock"]["requests_per_s"] > 0:
-            ratios[str(concurrency)] = cell["fused"]["requests_per_s"] / cell["stock"]["requests_per_s"]
-    result = {"header": header, "records": records, "fused_over_stock_requests_per_s": ratios}
+        for name, pair in zip(ratios, (("fused", "stock"), ("fused", NOOP))):
+            if all(system in cell for system in pair) and cell[pair[1]]["requests_per_s"] > 0:
+                ratios[name][str(concurrency)] = cell[pair[0]]["requests_per_s"] / cell[pair[1]]["requests_per_s"]
+    result = {"header": header, "records": records, **ratios}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     date = datetime.date.today().strftime("%Y%m%d")
     gpus = f"-x{args.gpus}" if args.device == "cuda" and args.gpus > 1 else ""
@@ -433,8 +463,9 @@ def main(argv=None) -> int:
     stem = f"serving-{args.device}{gpus}{workers}-{slug(header['device_name'])}-{date}"
     (args.out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_serving(result, args.out_dir / f"{stem}.png")
-    if ratios:
-        print(f"fused / stock requests/s: {', '.join(f'c={c}: {r:.2f}x' for c, r in ratios.items())}")
+    for name, by_concurrency in ratios.items():
+        if by_concurrency:
+            print(f"{name}: {', '.join(f'c={c}: {r:.2f}' for c, r in by_concurrency.items())}")
     print(f"wrote {args.out_dir / stem}.json and .png")
     return 0
 
