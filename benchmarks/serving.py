@@ -360,11 +360,12 @@ def measure_cell(server: ts.Server, system: str, concurrency: int, requests: int
     time.sleep(1.0)  # the frontend logs the last batch's metrics just after answering it
     record = summarize(system, concurrency, requests, replies, wall_s, handler_metrics(log, offset, system),
                        before, frontend_counters(server, system))
-    latency = record["latency_ms"]
+    latency, handler = record["latency_ms"], record["handler"]
+    batch = "" if handler["mean_batch_size"] is None else \
+        f"  batch {handler['mean_batch_size']:4.1f}  overhead p50 {handler['overhead_ms_p50'] or 0:5.1f} ms"
     print(f"  {system:<6} c={concurrency:<3} {record['completed']:>5} ok {record['errors']:>3} err "
           f"{record['requests_per_s']:8.1f} req/s {record['real_tokens_per_s']:9.0f} tok/s  "
-          f"p50 {latency['p50']:7.1f} p90 {latency['p90']:7.1f} p99 {latency['p99']:7.1f} ms  "
-          f"batch {record['handler']['mean_batch_size'] or 0:4.1f}  overhead p50 {record['handler']['overhead_ms_p50'] or 0:5.1f} ms"
+          f"p50 {latency['p50']:7.1f} p90 {latency['p90']:7.1f} p99 {latency['p99']:7.1f} ms{batch}"
           + ("  (duration cap)" if record["stopped_by_duration_cap"] else ""), flush=True)
     return record
 
@@ -460,7 +461,11 @@ def main(argv=None) -> int:
     date = datetime.date.today().strftime("%Y%m%d")
     gpus = f"-x{args.gpus}" if args.device == "cuda" and args.gpus > 1 else ""
     workers = f"-w{args.workers_per_gpu}" if args.workers_per_gpu > 1 else ""
-    stem = f"serving-{args.device}{gpus}{workers}-{slug(header['device_name'])}-{date}"
+    # Batching other than the shipped model-config.yaml's is part of the name: runs that differ only there
+    # can sit side by side.
+    batching = "".join(f"-{flag}{value}" for flag, value in (("b", args.batch_size), ("d", args.max_batch_delay))
+                       if value is not None)
+    stem = f"serving-{args.device}{gpus}{workers}{batching}-{slug(header['device_name'])}-{date}"
     (args.out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_serving(result, args.out_dir / f"{stem}.png")
     for name, by_concurrency in ratios.items():
