@@ -187,6 +187,9 @@ class Mode:
 
     name: str
     uses_labels = False
+    # Whether answers read each token's offsets and special-token flag: asking the tokenizer for them
+    # costs 15% of a batch's tokenizing.
+    token_details = False
 
     def __init__(self, tokenizer, max_length: int, labels: list[str] | None = None):
         self.tokenizer = tokenizer
@@ -214,8 +217,8 @@ class Mode:
             # Overflowing tokens come back as extra rows: the way to know a text was cut. Only each
             # text's first row is kept.
             encoding = self.tokenizer(heads, truncation=True, max_length=self.max_length,
-                                      return_overflowing_tokens=True, return_offsets_mapping=True,
-                                      return_special_tokens_mask=True)
+                                      return_overflowing_tokens=True, return_offsets_mapping=self.token_details,
+                                      return_special_tokens_mask=self.token_details)
             rows_per_text = Counter(encoding["overflow_to_sample_mapping"])
             unfilled = [i for i, (head, text) in enumerate(zip(heads, texts))
                         if len(head) < len(text) and rows_per_text[i] == 1]
@@ -294,6 +297,7 @@ class TokenClassificationMode(Mode):
 
     name = "token_classification"
     uses_labels = True
+    token_details = True
 
     def answers(self, examples, batch, outputs):
         scores = torch.softmax(outputs[0].float(), dim=-1)

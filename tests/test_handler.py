@@ -447,7 +447,7 @@ def long_texts() -> list[str]:
 def test_long_texts_tokenize_from_a_prefix_exactly_as_whole(kind, minilm_tokenizer):
     """Every prefix limit, from one that cuts inside the first few tokens to past the whole text, gives
     the rows of the whole text: at max_length 16 the cut lands among the tokens the model sees."""
-    from modes import Example, SequenceClassificationMode, prefixes_tokenize_alike
+    from modes import Example, TokenClassificationMode, prefixes_tokenize_alike
 
     tokenizer = minilm_tokenizer if kind == "minilm" else trained_tokenizer(kind)
     assert prefixes_tokenize_alike(tokenizer)
@@ -457,7 +457,7 @@ def test_long_texts_tokenize_from_a_prefix_exactly_as_whole(kind, minilm_tokeniz
     sample_of_row = whole["overflow_to_sample_mapping"]
     first_rows = [sample_of_row.index(i) for i in range(len(texts))]
     assert [sample_of_row.count(i) > 1 for i in range(len(texts))] == [True] * 6 + [False, True]
-    mode = SequenceClassificationMode(tokenizer, max_length=max_length, labels=["a", "b"])
+    mode = TokenClassificationMode(tokenizer, max_length=max_length, labels=TOKEN_LABELS)  # reads offsets
     for limit in range(1, 200, 3):
         mode.prefix_chars = limit
         got = mode.encode([Example(text) for text in texts])
