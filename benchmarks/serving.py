@@ -19,8 +19,8 @@ Load: a closed loop of ``concurrency`` clients (aiohttp) sending raw text, each 
 when its previous one is answered, until the cell's request count is sent or its duration cap passes.
 Each cell is preceded by an unmeasured warm-up of at least ``--warmup-requests`` per worker, so that
 every worker has met many input shapes (TorchScript's profiling executor specializes the stock model's
-graph on the first shapes it sees, for tens of ms each on a GPU). Texts
-come from benchmarks/data with token lengths uniform in 8..128 and a 10% tail up to twice max_length
+graph on the first shapes it sees, for tens of ms each on a GPU). ``--client-processes K`` deals the
+clients out to K processes, for loads past what one event loop can send. Texts come from benchmarks/data with token lengths uniform in 8..128 and a 10% tail up to twice max_length
 (truncated to max_length by the handler). Per cell: requests/s, real tokens/s (after truncation), latency
 p50/p90/p99, errors by status; and from the handler's own per-batch metrics (parsed from TorchServe's log):
 batch size, tokenize / model / postprocess / whole-batch time, and the overhead (whole batch minus model).
@@ -37,7 +37,6 @@ Writes benchmarks/results/serving-<device>-<device slug>-<YYYYMMDD>.json and a P
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime
 import json
@@ -48,7 +47,6 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: make `benchmarks` importable as from the repo root
@@ -64,6 +62,7 @@ import yaml
 from fusedbert.tasks import load_tokenizer
 
 from .encoder import device_name, slug
+from .load import Reply, run_load_in_processes
 from .plots import plot_serving
 from .texts import serving_mix, token_count
 
@@ -105,6 +104,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     parser.add_argument("--requests", type=int, help="requests per cell (default: per concurrency, see the JSON)")
     parser.add_argument("--duration-cap", type=float, default=45.0, help="seconds per cell at most (default: %(default)s)")
+    parser.add_argument("--client-processes", type=int, default=1,
+                        help="split each cell's clients over this many processes (default: %(default)s)")
     parser.add_argument("--warmup-requests", type=int, default=64,
                         help="unmeasured requests per worker before each cell, at least 2 per client (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, help="TorchServe batchSize (default: configs/model-config.yaml's)")
@@ -130,6 +131,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--gpus and --workers-per-gpu need --device cuda")
     if args.workers_per_gpu < 1:
         parser.error("--workers-per-gpu must be >= 1")
+    if args.client_processes < 1:
+        parser.error("--client-processes must be >= 1")
     if not set(args.systems) & set(SYSTEMS):
         parser.error(f"--systems needs {' or '.join(SYSTEMS)}: the request texts come from that model's tokenizer")
     args.dtype = args.dtype or ("fp16" if args.device == "cuda" else "fp32")
@@ -238,44 +241,7 @@ def build_noop_archive(store: Path, model_config_path: Path) -> None:
                    "--handler", NOOP_HANDLER, "--config-file", model_config_path, "--export-path", store, "--force"])
 
 
-# ---------------------------------------------------------------------------------------------- load
-
-@dataclass
-class Reply:
-    seconds: float
-    status: int  # 0: no HTTP answer (connection error, timeout)
-    tokens: int
-
-
-async def run_load(url: str, token: str, texts: list[str], tokens: list[int], concurrency: int, requests: int,
-                   duration_cap: float) -> tuple[list[Reply], float]:
-    """A closed loop of ``concurrency`` clients; returns every reply and the wall time of the cell."""
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain; charset=utf-8"}
-    replies: list[Reply] = []
-    sent = 0
-    deadline = time.perf_counter() + duration_cap
-    timeout = aiohttp.ClientTimeout(total=max(duration_cap, 120.0))
-
-    async def client(session: aiohttp.ClientSession) -> None:
-        nonlocal sent
-        while sent < requests and time.perf_counter() < deadline:
-            index = sent % len(texts)
-            sent += 1
-            started = time.perf_counter()
-            try:
-                async with session.post(url, data=texts[index].encode("utf-8"), headers=headers) as response:
-                    await response.read()
-                    status = response.status
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                status = 0
-            replies.append(Reply(time.perf_counter() - started, status, tokens[index]))
-
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        began = time.perf_counter()
-        await asyncio.gather(*(client(session) for _ in range(concurrency)))
-        return replies, time.perf_counter() - began
-
+# --------------------------------------------------------------------------------------- measurement
 
 def handler_metrics(log: Path, offset: int, model: str) -> list[dict[str, float]]:
     """The handler's metrics for ``model`` logged after byte ``offset`` of ``log``, one dict per batch
@@ -352,11 +318,12 @@ def measure_cell(server: ts.Server, system: str, concurrency: int, requests: int
     # Warm-up, not measured: fills the frontend's and the workers' pools at this concurrency and shows
     # every worker many input shapes.
     warmup = max(2 * concurrency, args.warmup_requests * workers(args))
-    asyncio.run(run_load(url, token, texts, tokens, concurrency, warmup, args.duration_cap))
+    run_load_in_processes(args.client_processes, url, token, texts, tokens, concurrency, warmup, args.duration_cap)
     log = Path(server.run_dir) / "logs" / "ts_log.log"
     offset = log.stat().st_size
     before = frontend_counters(server, system)
-    replies, wall_s = asyncio.run(run_load(url, token, texts, tokens, concurrency, requests, args.duration_cap))
+    replies, wall_s = run_load_in_processes(args.client_processes, url, token, texts, tokens, concurrency, requests,
+                                            args.duration_cap)
     time.sleep(1.0)  # the frontend logs the last batch's metrics just after answering it
     record = summarize(system, concurrency, requests, replies, wall_s, handler_metrics(log, offset, system),
                        before, frontend_counters(server, system))
@@ -388,6 +355,7 @@ def run_header(args, config: dict, setups: dict, tokens: list[int], max_length: 
         "model_config": {k: config[k] for k in ("batchSize", "maxBatchDelay", "minWorkers", "maxWorkers", "deviceType")
                          if k in config} | ({"deviceIds": config["deviceIds"]} if "deviceIds" in config else {}),
         "token_auth": True, "client": "aiohttp closed loop on the same host (its CPU use competes with the server's)",
+        "client_processes": args.client_processes,
         "duration_cap_s": args.duration_cap,
         "text_mix": {"texts": len(tokens), "tokens_p10": int(np.percentile(lengths, 10)),
                      "tokens_p50": int(np.percentile(lengths, 50)), "tokens_p90": int(np.percentile(lengths, 90)),

@@ -1,5 +1,6 @@
-"""The serving benchmark end to end at toy size: archives built, one real TorchServe, every cell answered,
-the noop floor beside the fused model, the JSON and the plot written (nothing here is timed)."""
+"""The serving benchmark end to end at toy size: archives built, one real TorchServe, every cell answered
+(the 4-client cells by two client processes), the noop floor beside the fused model, the JSON and the
+plot written (nothing here is timed)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ def test_serving_benchmark_measures_the_fused_model_beside_its_noop_floor(tmp_pa
     from benchmarks import serving
 
     status = serving.main(["--systems", "fused", "noop", "--concurrency", "1", "4", "--requests", "12",
-                           "--warmup-requests", "2", "--threads", "1", "--work-dir", str(tmp_path / "work"),
-                           "--out-dir", str(tmp_path / "out")])
+                           "--client-processes", "2", "--warmup-requests", "2", "--threads", "1",
+                           "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out")])
 
     assert status == 0
     [path] = (tmp_path / "out").glob("serving-cpu-*.json")
