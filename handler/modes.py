@@ -22,6 +22,8 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # A text longer than max_length times this many characters is first tokenized from a prefix (see
 # Mode.encode); English averages 4 to 5 characters per token.
 PREFIX_CHARS_PER_TOKEN = 8
+# How much longer the next prefix is when one held too few tokens (long words, runs of whitespace).
+PREFIX_GROWTH = 8
 # Where a prefix may end: just before a space that follows a word.
 PREFIX_END = re.compile(r"(?<=\S) ")
 # Pre-tokenizers that end a piece at every space after a word, and normalizers that map characters
@@ -207,8 +209,8 @@ class Mode:
 
         A long text goes in as a prefix of about ``prefix_chars`` characters: tokenizing a 1 MiB request
         whole took 0.8 s, all of it for tokens past max_length. A prefix whose tokens overflow max_length
-        gives the text's own first row; one that does not is replaced by a prefix 8 times longer, up to
-        the whole text, and the batch is tokenized again.
+        gives the text's own first row; one that does not is replaced by a prefix PREFIX_GROWTH times
+        longer, up to the whole text, and the batch is tokenized again.
         """
         texts = [e.text for e in examples]
         limits = [self.prefix_chars] * len(texts)
@@ -225,7 +227,7 @@ class Mode:
             if not unfilled:
                 break
             for i in unfilled:
-                limits[i] *= 8
+                limits[i] *= PREFIX_GROWTH
         sample_of_row = encoding["overflow_to_sample_mapping"]
         first_rows = [sample_of_row.index(i) for i in range(len(examples))]
         truncated = [rows_per_text[i] > 1 for i in range(len(examples))]
