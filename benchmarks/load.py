@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import queue
 import time
 from dataclasses import dataclass
 
 import aiohttp
+
+REPLY_TIMEOUT_S = 120.0  # one request's answer at most (TorchServe's default_response_timeout)
 
 
 @dataclass
@@ -27,7 +30,7 @@ async def run_load(url: str, token: str, texts: list[str], tokens: list[int], co
     replies: list[Reply] = []
     sent = 0
     deadline = time.perf_counter() + duration_cap
-    timeout = aiohttp.ClientTimeout(total=max(duration_cap, 120.0))
+    timeout = aiohttp.ClientTimeout(total=max(duration_cap, REPLY_TIMEOUT_S))
 
     async def client(session: aiohttp.ClientSession) -> None:
         nonlocal sent
@@ -68,9 +71,13 @@ def run_load_in_processes(processes: int, url: str, token: str, texts: list[str]
                 for i, (clients, count) in enumerate(shares)]
     for child in children:
         child.start()
-    outcomes = [results.get() for _ in children]
-    for child in children:
-        child.join()
+    try:  # a client process that died puts nothing: wait past the cell's cap and the slowest answer, not forever
+        outcomes = [results.get(timeout=duration_cap + REPLY_TIMEOUT_S + 60) for _ in children]
+    except queue.Empty:
+        raise RuntimeError(f"a load process gave no result; exit codes {[c.exitcode for c in children]}") from None
+    finally:
+        for child in children:
+            child.join(timeout=10)
     replies = [reply for process_replies, _, _ in outcomes for reply in process_replies]
     return replies, max(end for _, _, end in outcomes) - min(start for _, start, _ in outcomes)
 

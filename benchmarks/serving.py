@@ -20,8 +20,9 @@ when its previous one is answered, until the cell's request count is sent or its
 Each cell is preceded by an unmeasured warm-up of at least ``--warmup-requests`` per worker, so that
 every worker has met many input shapes (TorchScript's profiling executor specializes the stock model's
 graph on the first shapes it sees, for tens of ms each on a GPU). ``--client-processes K`` deals the
-clients out to K processes, for loads past what one event loop can send. Texts come from benchmarks/data with token lengths uniform in 8..128 and a 10% tail up to twice max_length
-(truncated to max_length by the handler). Per cell: requests/s, real tokens/s (after truncation), latency
+clients out to K processes, for loads past what one event loop can send. Texts come from benchmarks/data
+with token lengths uniform in 8..128 and a 10% tail up to twice max_length (truncated to max_length by
+the handler). Per cell: requests/s, real tokens/s (after truncation), latency
 p50/p90/p99, errors by status; and from the handler's own per-batch metrics (parsed from TorchServe's log):
 batch size, tokenize / model / postprocess / whole-batch time, and the overhead (whole batch minus model).
 
