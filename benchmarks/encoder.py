@@ -18,6 +18,7 @@ import platform
 import re
 import sys
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -269,8 +270,72 @@ def print_table(records: list[dict], floors: list[dict]) -> None:
         print()
 
 
-def print_targets(records: list[dict]) -> None:
-    """Issue 3's CPU targets, read off the records."""
+@dataclass(frozen=True)
+class Target:
+    """One speed or memory target of the CUDA issues, read off one cell's records: the best of
+    ``systems`` (the fused model, eager or from graphs; FP8 has targets of its own) on ``quantity``."""
+
+    issue: str
+    model: str
+    dtype: str
+    workload: str
+    quantity: str  # a record key, or "memory_vs_hf_sdpa": peak memory above resident over HF SDPA's
+    at_least: bool  # the measured figure must be >= bound (else <=)
+    bound: float
+    systems: tuple[str, ...] = ("fusedbert", "fusedbert_graphs")
+
+
+CUDA_TARGETS = (
+    Target("#7", "bert-base", "fp16", "bs128_var", "tokens_per_s", True, 3.0e6),
+    Target("#7", "bert-base", "fp16", "bs128_var", "ratio_to_best_peer", True, 2.3),
+    Target("#7", "bert-base", "fp16", "bs32_var", "median_ms", False, 0.75),
+    Target("#7", "minilm", "fp16", "bs128_var", "tokens_per_s", True, 12e6),
+    Target("#7", "bert-base", "fp16", "bs128_var", "memory_vs_hf_sdpa", False, 0.6, ("fusedbert",)),
+    Target("#9", "bert-base", "fp16", "bs1x128", "median_ms", False, 0.20),
+    Target("#9", "bert-base", "fp16", "bs1x16", "median_ms", False, 0.12),
+    Target("#9", "bert-base", "fp16", "bs128_var", "tokens_per_s", True, 3.2e6),
+    Target("#9", "bert-base", "fp16", "bs128_var", "floor_share", True, 0.95),
+)
+
+
+def target_verdicts(records: list[dict], targets=CUDA_TARGETS) -> list[dict]:
+    """Each target with the best figure of its systems in this run, and whether it is met; ``measured``
+    is None where the run did not time that cell (or, for memory, HF SDPA beside it)."""
+    verdicts = []
+    for target in targets:
+        cell = {r["system"]: r for r in records
+                if (r["model"], r["dtype"], r["workload"]) == (target.model, target.dtype, target.workload)}
+        figures = {}
+        for system in target.systems:
+            record = cell.get(system)
+            if record is None:
+                continue
+            if target.quantity == "memory_vs_hf_sdpa":
+                peer = cell.get("hf_sdpa", {}).get("peak_extra_mem_mb")
+                if record.get("peak_extra_mem_mb") is not None and peer:
+                    figures[system] = record["peak_extra_mem_mb"] / peer
+            elif record.get(target.quantity) is not None:
+                figures[system] = record[target.quantity]
+        best = (max if target.at_least else min)(figures, key=figures.get) if figures else None
+        measured = figures.get(best)
+        verdicts.append({"issue": target.issue, "model": target.model, "dtype": target.dtype,
+                         "workload": target.workload, "quantity": target.quantity,
+                         "bound": f"{'>=' if target.at_least else '<='} {target.bound:g}", "measured": measured,
+                         "system": best, "met": None if measured is None else
+                         (measured >= target.bound if target.at_least else measured <= target.bound)})
+    return verdicts
+
+
+def print_targets(records: list[dict], verdicts: list[dict] | None) -> None:
+    """The CUDA issues' targets (``verdicts``), or on the CPU issue 3's, read off the records."""
+    if verdicts is not None:
+        print("targets of the CUDA issues (best of the fused model eager or from graphs):")
+        for v in verdicts:
+            measured = "not measured" if v["measured"] is None else f"{v['measured']:.4g} ({v['system']})"
+            outcome = {True: "met", False: "MISSED", None: ""}[v["met"]]
+            print(f"  {v['issue']} {v['model']} {v['dtype']} {v['workload']} {v['quantity']} {v['bound']}: "
+                  f"{measured} {outcome}")
+        return
     fused = [r for r in records if r["system"] in OWN_SYSTEMS]
     print("targets: fusedbert fp32 >= 1.1x best peer on var-length batches; >= 85% of the GEMM-only floor; "
           "bf16 >= 2x fp32 on bert-base")
@@ -299,13 +364,13 @@ def main() -> int:
     print(f"{header['device']} | torch {header['torch']} | {header['threads']} threads | GEMM peak "
           + ", ".join(f"{k} {v['tflops']:.2f} TFLOP/s" for k, v in header["gemm_peak"].items()))
     header["weights"] = {}
-    records, floors, skipped = [], [], []
+    records, floors, skipped, verdicts = [], [], [], []
     out = args.out or default_result_path(f"encoder-{device.type}", header["device"])
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # after every cell, so that an interrupted run keeps what it measured
-        out.write_text(json.dumps({"header": header, "records": records, "gemm_floors": floors, "skipped": skipped},
-                                  indent=1) + "\n")
+        out.write_text(json.dumps({"header": header, "records": records, "gemm_floors": floors, "skipped": skipped}
+                                  | ({"targets": verdicts} if verdicts else {}), indent=1) + "\n")
 
     for model_name in args.models:
         reference, source = load_model(model_name)
@@ -354,10 +419,12 @@ def main() -> int:
     add_speedup_over_fp32(records)
     if device.type == "cpu":
         header["loadavg_end"] = os.getloadavg()
+    if device.type == "cuda":
+        verdicts += target_verdicts(records)
     save()
 
     print_table(records, floors)
-    print_targets(records)
+    print_targets(records, verdicts or None)
     for skip in skipped:
         where = "/".join(skip[k] for k in ("model", "dtype", "workload") if k in skip)
         print(f"{'FAILED' if skip.get('failed') else 'skipped'} {skip['system']} {where}: {skip['reason']}")

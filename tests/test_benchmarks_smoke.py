@@ -80,3 +80,27 @@ def test_ffn_gemm_benchmark_times_every_kernel_of_each_gemm(tmp_path):
             expected = [kernel for kernel in expected if kernel != "skinny"]
         assert sorted(record["us_per_call"]) == sorted(expected), (workload, gemm)
         assert all(us > 0 for us in record["us_per_call"].values())
+
+
+def test_cuda_targets_are_read_off_the_best_fused_system_of_each_cell():
+    from benchmarks.encoder import Target, target_verdicts
+
+    def record(system, workload, **figures):
+        return {"system": system, "model": "bert-base", "dtype": "fp16", "workload": workload} | figures
+
+    records = [record("fusedbert", "bs1x16", median_ms=0.40), record("fusedbert_graphs", "bs1x16", median_ms=0.11),
+               record("compile", "bs1x16", median_ms=0.05),  # a peer never counts for the fused model
+               record("fusedbert", "bs128_var", tokens_per_s=2.9e6, peak_extra_mem_mb=150.0),
+               record("fusedbert_graphs", "bs128_var", tokens_per_s=3.1e6),
+               record("hf_sdpa", "bs128_var", tokens_per_s=1.0e6, peak_extra_mem_mb=200.0)]
+    targets = (Target("#9", "bert-base", "fp16", "bs1x16", "median_ms", False, 0.12),
+               Target("#7", "bert-base", "fp16", "bs128_var", "tokens_per_s", True, 3.2e6),
+               Target("#7", "bert-base", "fp16", "bs128_var", "memory_vs_hf_sdpa", False, 0.6, ("fusedbert",)),
+               Target("#7", "bert-base", "fp16", "bs32_var", "median_ms", False, 0.75))
+
+    verdicts = target_verdicts(records, targets)
+
+    assert [(v["system"], v["measured"], v["met"]) for v in verdicts] == [
+        ("fusedbert_graphs", 0.11, True), ("fusedbert_graphs", 3.1e6, False), ("fusedbert", 0.75, False),
+        (None, None, None)]
+    assert [v["bound"] for v in verdicts] == ["<= 0.12", ">= 3.2e+06", "<= 0.6", "<= 0.75"]
