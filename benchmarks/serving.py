@@ -309,6 +309,19 @@ def summarize(system: str, concurrency: int, planned: int, replies: list[Reply],
     }
 
 
+def serving_targets(records: list[dict], fused_over_stock: dict[str, float]) -> list[dict]:
+    """#9's two serving targets, asked of a GPU host: fused requests/s at least 3x stock's at 64 clients,
+    and at one client a p50 at most 1.5 ms above the model's own. ``measured`` is None where the run
+    had no such cell."""
+    one_client = next((r for r in records if r["system"] == "fused" and r["concurrency"] == 1), {})
+    figures = (("fused_over_stock_requests_per_s at 64 clients", fused_over_stock.get("64"), True, 3.0),
+               ("fused p50_above_model_ms at 1 client", one_client.get("p50_above_model_ms"), False, 1.5))
+    return [{"issue": "#9", "quantity": quantity, "bound": f"{'>=' if at_least else '<='} {bound:g}",
+             "measured": measured,
+             "met": None if measured is None else (measured >= bound if at_least else measured <= bound)}
+            for quantity, measured, at_least, bound in figures]
+
+
 def workers(args: argparse.Namespace) -> int:
     return args.gpus * args.workers_per_gpu if args.device == "cuda" else 1
 
@@ -425,7 +438,8 @@ def main(argv=None) -> int:
         for name, pair in zip(ratios, (("fused", "stock"), ("fused", NOOP))):
             if all(system in cell for system in pair) and cell[pair[1]]["requests_per_s"] > 0:
                 ratios[name][str(concurrency)] = cell[pair[0]]["requests_per_s"] / cell[pair[1]]["requests_per_s"]
-    result = {"header": header, "records": records, **ratios}
+    targets = serving_targets(records, ratios["fused_over_stock_requests_per_s"])
+    result = {"header": header, "records": records, **ratios, "targets": targets}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     date = datetime.date.today().strftime("%Y%m%d")
     gpus = f"-x{args.gpus}" if args.device == "cuda" and args.gpus > 1 else ""
@@ -440,6 +454,10 @@ def main(argv=None) -> int:
     for name, by_concurrency in ratios.items():
         if by_concurrency:
             print(f"{name}: {', '.join(f'c={c}: {r:.2f}' for c, r in by_concurrency.items())}")
+    for target in targets:
+        measured = "not measured" if target["measured"] is None else f"{target['measured']:.3g}"
+        print(f"{target['issue']} {target['quantity']} {target['bound']}: {measured} "
+              f"{ {True: 'met', False: 'MISSED', None: ''}[target['met']]}")
     print(f"wrote {args.out_dir / stem}.json and .png")
     return 0
 

@@ -28,3 +28,7 @@ def test_serving_benchmark_measures_the_fused_model_beside_its_noop_floor(tmp_pa
         assert noop["handler"]["model_ms_p50"] is None and noop["p50_above_model_ms"] is None
     assert set(result["fused_share_of_noop_requests_per_s"]) == {"1", "4"}
     assert result["fused_over_stock_requests_per_s"] == {}
+    ratio_target, latency_target = result["targets"]
+    assert (ratio_target["measured"], ratio_target["met"]) == (None, None)  # no stock, no 64 clients
+    assert latency_target["measured"] == records[("fused", 1)]["p50_above_model_ms"]
+    assert latency_target["met"] == (latency_target["measured"] <= 1.5)
