@@ -1,19 +1,20 @@
 """The serving benchmark's load generator: closed loops of clients (aiohttp), in one process or several.
 
-Imports no torch: the client processes start in a second or less.
+The client processes live for the whole run and start each cell together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import queue
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import aiohttp
 
 REPLY_TIMEOUT_S = 120.0  # one request's answer at most (TorchServe's default_response_timeout)
+START_DELAY_S = 0.2  # from handing a cell to the client processes to their common start
 
 
 @dataclass
@@ -53,37 +54,46 @@ async def run_load(url: str, token: str, texts: list[str], tokens: list[int], co
         return replies, time.perf_counter() - began
 
 
-def run_load_in_processes(processes: int, url: str, token: str, texts: list[str], tokens: list[int],
-                          concurrency: int, requests: int, duration_cap: float) -> tuple[list[Reply], float]:
-    """``run_load`` split over ``processes`` client processes that start together (one aiohttp event loop
-    tops out at a few thousand requests/s: past that the client, not the server, would be measured).
-    Clients and requests are dealt out as evenly as they go; each process starts at its own place in
-    ``texts``. Returns every reply and the wall time from the first start to the last finish."""
-    processes = min(processes, concurrency)
-    if processes == 1:
-        return asyncio.run(run_load(url, token, texts, tokens, concurrency, requests, duration_cap))
-    context = multiprocessing.get_context("spawn")  # no copy of this process's threads or TorchServe handles
-    barrier, results = context.Barrier(processes), context.Queue()
-    shares = [(concurrency // processes + (i < concurrency % processes),
-               requests // processes + (i < requests % processes)) for i in range(processes)]
-    children = [context.Process(target=_client_process, args=(barrier, results, url, token, texts, tokens, clients,
-                                                              count, duration_cap, i * len(texts) // processes))
-                for i, (clients, count) in enumerate(shares)]
-    for child in children:
-        child.start()
-    try:  # a client process that died puts nothing: wait past the cell's cap and the slowest answer, not forever
-        outcomes = [results.get(timeout=duration_cap + REPLY_TIMEOUT_S + 60) for _ in children]
-    except queue.Empty:
-        raise RuntimeError(f"a load process gave no result; exit codes {[c.exitcode for c in children]}") from None
-    finally:
-        for child in children:
-            child.join(timeout=10)
-    replies = [reply for process_replies, _, _ in outcomes for reply in process_replies]
-    return replies, max(end for _, _, end in outcomes) - min(start for _, start, _ in outcomes)
+class LoadGenerator:
+    """Runs a cell's load from this process, or split over ``processes`` client processes (one aiohttp
+    event loop tops out at a few thousand requests/s: past that the client, not the server, would be
+    measured). The processes are started once and kept for the whole run: each one imports the main
+    module of the run (torch with it), which takes seconds."""
+
+    def __init__(self, processes: int):
+        self.processes = processes
+        self._pool = None
+        if processes > 1:
+            # spawn: no copy of this process's threads, CUDA state or TorchServe handles.
+            self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+            for started in [self._pool.submit(time.sleep, 1.0) for _ in range(processes)]:
+                started.result()  # each sleeping task holds a worker: all of them are up
+
+    def run(self, url: str, token: str, texts: list[str], tokens: list[int], concurrency: int, requests: int,
+            duration_cap: float) -> tuple[list[Reply], float]:
+        """Every reply of the cell, and its wall time from the first client's start to the last one's end.
+        Clients and requests are dealt out to the processes as evenly as they go; each process starts at
+        its own place in ``texts``, all at one moment."""
+        processes = min(self.processes, concurrency)
+        if processes == 1:
+            return asyncio.run(run_load(url, token, texts, tokens, concurrency, requests, duration_cap))
+        start_at = time.time() + START_DELAY_S
+        shares = [(concurrency // processes + (i < concurrency % processes),
+                   requests // processes + (i < requests % processes)) for i in range(processes)]
+        futures = [self._pool.submit(_client_process, start_at, url, token, texts, tokens, clients, count, duration_cap,
+                                     i * len(texts) // processes) for i, (clients, count) in enumerate(shares)]
+        # A cell ends by its request count or its cap; past that and the slowest answer, something is wrong.
+        outcomes = [future.result(timeout=START_DELAY_S + duration_cap + REPLY_TIMEOUT_S + 60) for future in futures]
+        replies = [reply for process_replies, _, _ in outcomes for reply in process_replies]
+        return replies, max(end for _, _, end in outcomes) - min(start for _, start, _ in outcomes)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
 
 
-def _client_process(barrier, results, url, token, texts, tokens, concurrency, requests, duration_cap, first_text):
-    barrier.wait()
+def _client_process(start_at, url, token, texts, tokens, concurrency, requests, duration_cap, first_text):
+    time.sleep(max(0.0, start_at - time.time()))
     started = time.time()
     replies, _ = asyncio.run(run_load(url, token, texts, tokens, concurrency, requests, duration_cap, first_text))
-    results.put((replies, started, time.time()))
+    return replies, started, time.time()

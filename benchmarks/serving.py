@@ -20,7 +20,7 @@ when its previous one is answered, until the cell's request count is sent or its
 Each cell is preceded by an unmeasured warm-up of at least ``--warmup-requests`` per worker, so that
 every worker has met many input shapes (TorchScript's profiling executor specializes the stock model's
 graph on the first shapes it sees, for tens of ms each on a GPU). ``--client-processes K`` deals the
-clients out to K processes, for loads past what one event loop can send. Texts come from benchmarks/data
+clients out to K processes kept for the run, for loads past what one event loop can send. Texts come from benchmarks/data
 with token lengths uniform in 8..128 and a 10% tail up to twice max_length (truncated to max_length by
 the handler). Per cell: requests/s, real tokens/s (after truncation), latency
 p50/p90/p99, errors by status; and from the handler's own per-batch metrics (parsed from TorchServe's log):
@@ -63,7 +63,7 @@ import yaml
 from fusedbert.tasks import load_tokenizer
 
 from .encoder import device_name, slug
-from .load import Reply, run_load_in_processes
+from .load import LoadGenerator, Reply
 from .plots import plot_serving
 from .texts import serving_mix, token_count
 
@@ -326,18 +326,18 @@ def workers(args: argparse.Namespace) -> int:
     return args.gpus * args.workers_per_gpu if args.device == "cuda" else 1
 
 
-def measure_cell(server: ts.Server, system: str, concurrency: int, requests: int, args, texts, tokens) -> dict:
+def measure_cell(server: ts.Server, load: LoadGenerator, system: str, concurrency: int, requests: int, args, texts,
+                 tokens) -> dict:
     url = f"{server.urls['inference']}/predictions/{system}"
     token = server.key("inference")
     # Warm-up, not measured: fills the frontend's and the workers' pools at this concurrency and shows
     # every worker many input shapes.
     warmup = max(2 * concurrency, args.warmup_requests * workers(args))
-    run_load_in_processes(args.client_processes, url, token, texts, tokens, concurrency, warmup, args.duration_cap)
+    load.run(url, token, texts, tokens, concurrency, warmup, args.duration_cap)
     log = Path(server.run_dir) / "logs" / "ts_log.log"
     offset = log.stat().st_size
     before = frontend_counters(server, system)
-    replies, wall_s = run_load_in_processes(args.client_processes, url, token, texts, tokens, concurrency, requests,
-                                            args.duration_cap)
+    replies, wall_s = load.run(url, token, texts, tokens, concurrency, requests, args.duration_cap)
     time.sleep(1.0)  # the frontend logs the last batch's metrics just after answering it
     record = summarize(system, concurrency, requests, replies, wall_s, handler_metrics(log, offset, system),
                        before, frontend_counters(server, system))
@@ -420,15 +420,17 @@ def main(argv=None) -> int:
     print(f"starting TorchServe ({', '.join(args.systems)}) in {run_dir}", flush=True)
     server = ts.start(store, {name: f"{name}.mar" for name in args.systems}, run_dir=run_dir, ports=ts.loopback_ports())
     records = []
+    load = LoadGenerator(args.client_processes)  # started beside TorchServe's workers loading
     try:
         ts.wait_until_ready(server)
         for position, concurrency in enumerate(args.concurrency):
             # Alternate which system goes first so that slow drift does not favour either.
             order = args.systems if position % 2 == 0 else args.systems[::-1]
             for system in order:
-                records.append(measure_cell(server, system, concurrency, per_concurrency[concurrency], args, texts,
-                                            tokens))
+                records.append(measure_cell(server, load, system, concurrency, per_concurrency[concurrency], args,
+                                            texts, tokens))
     finally:
+        load.close()
         ts.stop(run_dir)
     header["loadavg_end"] = os.getloadavg()
 
