@@ -66,8 +66,10 @@ class LoadGenerator:
         if processes > 1:
             # spawn: no copy of this process's threads, CUDA state or TorchServe handles.
             self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+            # These tasks make the pool start its processes now; one still importing when the first cell
+            # starts only delays that cell's warm-up, which is not measured.
             for started in [self._pool.submit(time.sleep, 1.0) for _ in range(processes)]:
-                started.result()  # each sleeping task holds a worker: all of them are up
+                started.result()
 
     def run(self, url: str, token: str, texts: list[str], tokens: list[int], concurrency: int, requests: int,
             duration_cap: float) -> tuple[list[Reply], float]:
