@@ -30,6 +30,7 @@ WORKLOADS = {
     for w in (
         Workload("bs1x16", 1, 16, 16),
         Workload("bs1x128", 1, 128, 128),
+        Workload("bs16_var", 16, 8, 128),  # a full batch of the serving benchmark (batchSize 16, same mix)
         Workload("bs32_var", 32, 8, 128),
         Workload("bs128_var", 128, 8, 128),
     )
