@@ -326,16 +326,17 @@ def target_verdicts(records: list[dict], targets=CUDA_TARGETS) -> list[dict]:
     return verdicts
 
 
-def print_targets(records: list[dict], verdicts: list[dict] | None) -> None:
-    """The CUDA issues' targets (``verdicts``), or on the CPU issue 3's, read off the records."""
-    if verdicts is not None:
-        print("targets of the CUDA issues (best of the fused model eager or from graphs):")
-        for v in verdicts:
-            measured = "not measured" if v["measured"] is None else f"{v['measured']:.4g} ({v['system']})"
-            outcome = {True: "met", False: "MISSED", None: ""}[v["met"]]
-            print(f"  {v['issue']} {v['model']} {v['dtype']} {v['workload']} {v['quantity']} {v['bound']}: "
-                  f"{measured} {outcome}")
-        return
+def print_verdicts(verdicts: list[dict]) -> None:
+    print("targets of the CUDA issues (best of the fused model eager or from graphs):")
+    for v in verdicts:
+        measured = "not measured" if v["measured"] is None else f"{v['measured']:.4g} ({v['system']})"
+        outcome = {True: "met", False: "MISSED", None: ""}[v["met"]]
+        print(f"  {v['issue']} {v['model']} {v['dtype']} {v['workload']} {v['quantity']} {v['bound']}: "
+              f"{measured} {outcome}")
+
+
+def print_targets(records: list[dict]) -> None:
+    """Issue 3's CPU targets, read off the records."""
     fused = [r for r in records if r["system"] in OWN_SYSTEMS]
     print("targets: fusedbert fp32 >= 1.1x best peer on var-length batches; >= 85% of the GEMM-only floor; "
           "bf16 >= 2x fp32 on bert-base")
@@ -424,7 +425,10 @@ def main() -> int:
     save()
 
     print_table(records, floors)
-    print_targets(records, verdicts or None)
+    if verdicts:
+        print_verdicts(verdicts)
+    else:
+        print_targets(records)
     for skip in skipped:
         where = "/".join(skip[k] for k in ("model", "dtype", "workload") if k in skip)
         print(f"{'FAILED' if skip.get('failed') else 'skipped'} {skip['system']} {where}: {skip['reason']}")
