@@ -390,9 +390,9 @@ def with_jit_optimization(script: torch.jit.ScriptModule, optimize: bool) -> Cal
 
     Optimized, TorchScript's profiling executor re-specializes the graph for each new input shape, and on a
     GPU compiles fused kernels for it: with batches padded to their longest text nearly every batch is a new
-    shape, and a fresh worker stalls for tens of ms on each for its first hundreds of batches (stock
-    TorchScript's model time p50 was 43-52 ms per batch of 16 on new workers against 2.6-4.5 ms warm, on
-    the H100 and H200 serving runs of 2026-12-05). Unoptimized, the graph runs as traced from the first call.
+    shape, and a fresh worker stalls for tens of ms on each (stock TorchScript's model time p50 was 43-52 ms
+    per batch of 16 over the first ~60 batches of new workers, against 2.6-4.5 ms warm, in the H100 and H200
+    serving runs of 2026-12-05). Unoptimized, the graph runs as traced from the first call.
     """
     def run(*inputs):
         with torch.jit.optimized_execution(optimize):
