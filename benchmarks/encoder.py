@@ -298,6 +298,18 @@ CUDA_TARGETS = (
 )
 
 
+def verdict(measured: float | None, at_least: bool, bound: float) -> dict:
+    """A target's bound as text, the figure measured for it, and whether that meets it (None: not measured)."""
+    return {"bound": f"{'>=' if at_least else '<='} {bound:g}", "measured": measured,
+            "met": None if measured is None else (measured >= bound if at_least else measured <= bound)}
+
+
+def verdict_text(target: dict, measured: str) -> str:
+    """'<bound>: <measured> met|MISSED', or without an outcome where nothing was measured."""
+    outcome = {True: " met", False: " MISSED", None: ""}[target["met"]]
+    return f"{target['bound']}: {'not measured' if target['measured'] is None else measured}{outcome}"
+
+
 def target_verdicts(records: list[dict], targets=CUDA_TARGETS) -> list[dict]:
     """Each target with the best figure of its systems in this run, and whether it is met; ``measured``
     is None where the run did not time that cell (or, for memory, HF SDPA beside it)."""
@@ -317,22 +329,17 @@ def target_verdicts(records: list[dict], targets=CUDA_TARGETS) -> list[dict]:
             elif record.get(target.quantity) is not None:
                 figures[system] = record[target.quantity]
         best = (max if target.at_least else min)(figures, key=figures.get) if figures else None
-        measured = figures.get(best)
         verdicts.append({"issue": target.issue, "model": target.model, "dtype": target.dtype,
-                         "workload": target.workload, "quantity": target.quantity,
-                         "bound": f"{'>=' if target.at_least else '<='} {target.bound:g}", "measured": measured,
-                         "system": best, "met": None if measured is None else
-                         (measured >= target.bound if target.at_least else measured <= target.bound)})
+                         "workload": target.workload, "quantity": target.quantity, "system": best,
+                         **verdict(figures.get(best), target.at_least, target.bound)})
     return verdicts
 
 
 def print_verdicts(verdicts: list[dict]) -> None:
     print("targets of the CUDA issues (best of the fused model eager or from graphs):")
     for v in verdicts:
-        measured = "not measured" if v["measured"] is None else f"{v['measured']:.4g} ({v['system']})"
-        outcome = {True: "met", False: "MISSED", None: ""}[v["met"]]
-        print(f"  {v['issue']} {v['model']} {v['dtype']} {v['workload']} {v['quantity']} {v['bound']}: "
-              f"{measured} {outcome}")
+        measured = None if v["measured"] is None else f"{v['measured']:.4g} ({v['system']})"
+        print(f"  {v['issue']} {v['model']} {v['dtype']} {v['workload']} {v['quantity']} {verdict_text(v, measured)}")
 
 
 def print_targets(records: list[dict]) -> None:

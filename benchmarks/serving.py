@@ -63,7 +63,7 @@ import yaml
 
 from fusedbert.tasks import load_tokenizer
 
-from .encoder import device_name, slug
+from .encoder import device_name, slug, verdict, verdict_text
 from .load import LoadGenerator, Reply
 from .plots import plot_serving
 from .texts import serving_mix, token_count
@@ -323,9 +323,7 @@ def serving_targets(records: list[dict], fused_over_stock: dict[str, float]) -> 
     one_client = next((r for r in records if r["system"] == "fused" and r["concurrency"] == 1), {})
     figures = (("fused_over_stock_requests_per_s at 64 clients", fused_over_stock.get("64"), True, 3.0),
                ("fused p50_above_model_ms at 1 client", one_client.get("p50_above_model_ms"), False, 1.5))
-    return [{"issue": "#9", "quantity": quantity, "bound": f"{'>=' if at_least else '<='} {bound:g}",
-             "measured": measured,
-             "met": None if measured is None else (measured >= bound if at_least else measured <= bound)}
+    return [{"issue": "#9", "quantity": quantity, **verdict(measured, at_least, bound)}
             for quantity, measured, at_least, bound in figures]
 
 
@@ -448,21 +446,20 @@ def main(argv=None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     date = datetime.date.today().strftime("%Y%m%d")
     gpus = f"-x{args.gpus}" if args.device == "cuda" and args.gpus > 1 else ""
-    workers = f"-w{args.workers_per_gpu}" if args.workers_per_gpu > 1 else ""
+    per_gpu = f"-w{args.workers_per_gpu}" if args.workers_per_gpu > 1 else ""
     # Batching other than the shipped model-config.yaml's is part of the name: runs that differ only there
     # can sit side by side.
     batching = "".join(f"-{flag}{value}" for flag, value in (("b", args.batch_size), ("d", args.max_batch_delay))
                        if value is not None)
-    stem = f"serving-{args.device}{gpus}{workers}{batching}-{slug(header['device_name'])}-{date}"
+    stem = f"serving-{args.device}{gpus}{per_gpu}{batching}-{slug(header['device_name'])}-{date}"
     (args.out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_serving(result, args.out_dir / f"{stem}.png")
     for name, by_concurrency in ratios.items():
         if by_concurrency:
             print(f"{name}: {', '.join(f'c={c}: {r:.2f}' for c, r in by_concurrency.items())}")
     for target in targets:
-        measured = "not measured" if target["measured"] is None else f"{target['measured']:.3g}"
-        print(f"{target['issue']} {target['quantity']} {target['bound']}: {measured} "
-              f"{ {True: 'met', False: 'MISSED', None: ''}[target['met']]}")
+        measured = None if target["measured"] is None else f"{target['measured']:.3g}"
+        print(f"{target['issue']} {target['quantity']} {verdict_text(target, measured)}")
     print(f"wrote {args.out_dir / stem}.json and .png")
     return 0
 
