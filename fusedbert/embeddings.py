@@ -67,7 +67,10 @@ class FusedBertEmbeddings(nn.Module):
 
     def _default_position_ids(self, input_ids, inputs_embeds, offset: int, seq_len: int) -> torch.Tensor:
         if self.positions_after_padding is None:
-            return self.position_ids[:, offset:offset + seq_len]
+            # No arithmetic without an offset: a trace records `0 + seq_len` as an add with a tensor constant,
+            # which torch.jit.load(map_location="cuda") puts on the GPU, and reading the sum back is then a
+            # device synchronization on every call, one a CUDA graph capture refuses.
+            return self.position_ids[:, :seq_len] if offset == 0 else self.position_ids[:, offset:offset + seq_len]
         if inputs_embeds is None:
             return self.positions_after_padding.create_position_ids_from_input_ids(input_ids, self.padding_idx, offset)
         return self.positions_after_padding.create_position_ids_from_inputs_embeds(inputs_embeds, self.padding_idx)

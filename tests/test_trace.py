@@ -84,6 +84,15 @@ def test_traced_graph_calls_the_fused_encoder(traced):
     assert bert_ft_trace.contains_fused_encoder(torch.jit.load(str(traced.path)))
 
 
+def test_traced_graph_holds_no_tensor_constants(traced):
+    # torch.jit.load(map_location="cuda") moves tensor constants to the GPU: arithmetic on one, read back as
+    # a Python number, synchronizes every call and fails a CUDA graph capture.
+    graph = torch.jit.load(str(traced.path)).inlined_graph
+    constants = [str(node).strip() for node in graph.findAllNodes("prim::Constant", recurse=True)
+                 if node.output().type().kind() == "TensorType"]
+    assert constants == []
+
+
 def test_traced_file_runs_in_a_process_that_never_imports_fusedbert(traced):
     report = bert_ft_trace.verify(traced.path, traced.cases, FP32_ATOL, library=fusedbert.library_path())
     assert report.fusedbert_imported is False
