@@ -103,7 +103,6 @@ class HandlerConfig:
     cuda_graph_buckets: tuple[tuple[int, ...], ...] = ()  # [batch_size, seq_len(, max_tokens)] each
     cuda_graph_warmup: bool = True
     fp8_ffn: bool = False  # "pretrained" mode; a traced model has it from bert_ft_trace.py --fp8_ffn
-    jit_optimized_execution: bool = False  # "torchscript" mode: torch.jit.optimized_execution for every call
 
     @property
     def question_answering_stride(self) -> int:
@@ -172,8 +171,6 @@ class HandlerConfig:
 
         if "fp8_ffn" in raw:
             values["fp8_ffn"] = _boolean("fp8_ffn", raw["fp8_ffn"])
-        if "jit_optimized_execution" in raw:
-            values["jit_optimized_execution"] = _boolean("jit_optimized_execution", raw["jit_optimized_execution"])
 
         config = cls(**values)
         if config.fp8_ffn and not (config.fused and config.save_mode == "pretrained"

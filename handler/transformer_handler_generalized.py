@@ -142,7 +142,7 @@ class TransformersFusedHandler(BaseHandler):
         if traced_dtype != dtype:
             raise ConfigError(f'setup_config.json: "data_type" is {self.config.data_type} but {serialized} was traced '
                               f"in {str(traced_dtype).removeprefix('torch.')}")
-        return with_jit_optimization(model.eval(), self.config.jit_optimized_execution)
+        return model.eval()
 
     def _cuda_graph_runner(self, model_dir: str):
         """Replays self.model from one CUDA graph per configured bucket; None on a CPU worker."""
@@ -383,22 +383,6 @@ def _nonempty_list(value: Any, what: str) -> list:
     if not isinstance(value, list) or not value:
         raise RequestError(f"{what} must be a non-empty array")
     return value
-
-
-def with_jit_optimization(script: torch.jit.ScriptModule, optimize: bool) -> Callable[..., Any]:
-    """``script`` as a callable whose every call runs under ``torch.jit.optimized_execution(optimize)``.
-
-    Optimized, TorchScript's profiling executor re-specializes the graph for each new input shape, and on a
-    GPU compiles fused kernels for it: with batches padded to their longest text nearly every batch is a new
-    shape, and a fresh worker stalls for tens of ms on each (stock TorchScript's model time p50 was 43-52 ms
-    per batch of 16 over the first ~60 batches of new workers, against 2.6-4.5 ms warm, in the H100 and H200
-    serving runs of 2026-12-05). Unoptimized, the graph runs as traced from the first call.
-    """
-    def run(*inputs):
-        with torch.jit.optimized_execution(optimize):
-            return script(*inputs)
-
-    return run
 
 
 def _checkpoint_config(model_dir: str):

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from handler_support import copy_model_dir, handler_module, load_handler, run_batch, write_model_dir
+from handler_support import copy_model_dir, handler_module, load_handler, write_model_dir
 
 HandlerConfig = handler_module.HandlerConfig
 ConfigError = handler_module.ConfigError
@@ -53,7 +53,6 @@ def test_original_example_config_with_string_values_is_accepted():
      '"cuda_graph_buckets" must be buckets whose max_tokens is at most batch_size * seq_len; got [2, 16, 33]'),
     ({"mode": "feature_extraction", "cuda_graph_warmup": "later"}, '"cuda_graph_warmup" must be true or false'),
     ({"mode": "feature_extraction", "cuda_graph_warmup": 1}, '"cuda_graph_warmup" must be true or false'),
-    ({"mode": "feature_extraction", "jit_optimized_execution": "on"}, '"jit_optimized_execution" must be true or false'),
 ])
 def test_bad_key_is_named_in_the_error(raw, message):
     with pytest.raises(ConfigError, match=None) as error:
@@ -73,11 +72,6 @@ def test_cuda_graphs_are_off_by_default_and_warm_up_when_on():
     assert HandlerConfig.from_dict({"mode": "feature_extraction"}).cuda_graph_buckets == ()
     assert HandlerConfig.from_dict({"mode": "feature_extraction", "cuda_graph_buckets": []}).cuda_graph_buckets == ()
     assert HandlerConfig.from_dict({"mode": "feature_extraction", "cuda_graph_buckets": [[1, 16]]}).cuda_graph_warmup
-
-
-def test_the_executor_optimizes_torchscript_only_when_asked():
-    assert HandlerConfig.from_dict({"mode": "feature_extraction"}).jit_optimized_execution is False
-    assert HandlerConfig.from_dict({"mode": "feature_extraction", "jit_optimized_execution": "true"}).jit_optimized_execution
 
 
 def test_missing_setup_config_is_named(tmp_path):
@@ -132,32 +126,6 @@ def test_shipped_op_library_is_the_one_loaded(traced_dir, tmp_path):
     shutil.copy(fusedbert.library_path(), target / "_C.abi3.so")
     handler, _ = load_handler(target)
     assert handler.op_library == str(target / "_C.abi3.so")
-
-
-@pytest.mark.parametrize("optimize", [False, True])
-def test_every_torchscript_call_runs_with_the_configured_optimization(traced_dir, tmp_path, monkeypatch, optimize):
-    import contextlib
-
-    import torch
-
-    settings = []
-
-    @contextlib.contextmanager
-    def recording(should_optimize):
-        settings.append(should_optimize)
-        yield
-
-    handler, context = load_handler(copy_with(traced_dir, tmp_path, jit_optimized_execution=optimize))
-    monkeypatch.setattr(torch.jit, "optimized_execution", recording)
-    result = run_batch(handler, context, ["a short text", "a second, slightly longer text"])
-    assert result.codes == [200, 200] and settings == [optimize]
-
-
-def test_the_optimization_setting_is_restored_after_each_call():
-    import torch
-
-    probe = handler_module.with_jit_optimization(lambda: torch._C._get_graph_executor_optimize(), optimize=False)
-    assert probe() is False and torch._C._get_graph_executor_optimize() is True
 
 
 def test_handler_module_defines_exactly_one_class():
