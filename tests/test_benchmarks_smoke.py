@@ -1,5 +1,5 @@
-"""The accuracy report runs end to end on a few sentences and writes its table and JSON; the serving
-benchmark's pieces that need no server (no timing)."""
+"""The accuracy report runs end to end on a few sentences and writes its table and JSON; the new-shape
+benchmark runs end to end on a few shapes; the serving benchmark's pieces that need no server (no timing)."""
 
 from __future__ import annotations
 
@@ -104,3 +104,35 @@ def test_cuda_targets_are_read_off_the_best_fused_system_of_each_cell():
         ("fusedbert_graphs", 0.11, True), ("fusedbert_graphs", 3.1e6, False), ("fusedbert", 0.75, False),
         (None, None, None)]
     assert [v["bound"] for v in verdicts] == ["<= 0.12", ">= 3.2e+06", "<= 0.6", "<= 0.75"]
+
+
+def test_new_shape_benchmark_gives_each_system_shapes_no_other_has_met(tmp_path):
+    from benchmarks import new_shapes
+
+    out = tmp_path / "new-shapes.json"
+    assert new_shapes.main(["--device", "cpu", "--model", "minilm", "--systems", "hf_sdpa", "torchscript",
+                            "fusedbert", "--shapes", "3", "--max-batch", "3", "--lengths", "8", "16",
+                            "--out", str(out)]) == 0
+
+    records = {r["system"]: r for r in json.loads(out.read_text())["records"]}
+    assert set(records) == {"hf_sdpa", "torchscript", "fusedbert"}
+    shapes = [tuple(shape) for r in records.values() for shape in r["shapes"]]
+    assert len(shapes) == 9 and len(set(shapes)) == 9
+    assert all(len(r["first_ms"]) == len(r["again_ms"]) == 3 and min(r["first_ms"]) > 0 for r in records.values())
+    assert "aten::scaled_dot_product_attention" in records["hf_sdpa"]["attention_ops"]
+
+
+def test_new_shape_benchmark_traced_model_matches_hf_at_real_tokens_of_a_padded_batch():
+    import torch
+
+    from benchmarks import new_shapes, systems, workloads
+
+    reference, _ = workloads.load_model("minilm")
+    cpu = torch.device("cpu")
+    traced = new_shapes.traced_forward(reference, torch.float32, new_shapes.padded_batch([9, 4], 30522, cpu))
+    batch = new_shapes.padded_batch([12, 3, 7], 30522, cpu)
+    with torch.inference_mode():
+        expected = systems.hf_forward(reference)(batch)
+        got = traced(batch)
+    real = batch.is_real
+    assert (got[real] - expected[real]).abs().max() < 1e-4
