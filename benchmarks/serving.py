@@ -19,8 +19,8 @@ Load: a closed loop of ``concurrency`` clients (aiohttp) sending raw text, each 
 when its previous one is answered, until the cell's request count is sent or its duration cap passes.
 Each cell is preceded by an unmeasured warm-up of at least ``--warmup-requests`` per worker, so that
 every worker has met many input shapes (allocator caches, cuBLAS heuristics; on a GPU the traced stock
-model takes tens of ms per batch on shapes it has not met, for a cause not yet found, so its cells after a
-short warm-up are not steady state). ``--client-processes K`` deals the
+model takes tens of ms per batch on shapes it has not met (benchmarks/new_shapes.py measures that), so its
+cells after a short warm-up are not steady state). ``--client-processes K`` deals the
 clients out to K processes kept for the run, for loads past what one event loop can send. Texts come from benchmarks/data
 with token lengths uniform in 8..128 and a 10% tail up to twice max_length (truncated to max_length by
 the handler). Per cell: requests/s, real tokens/s (after truncation), latency
