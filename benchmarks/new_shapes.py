@@ -31,7 +31,7 @@ from torch import nn
 from .encoder import DTYPES, results_header, write_results
 from .measure import Summary, time_call
 from .systems import build_systems, hf_model
-from .workloads import MODEL_SHAPES, SEED, Batch, load_model
+from .workloads import MODEL_SHAPES, SEED, Batch, load_model, padded_batch
 
 SYSTEMS = ("hf_eager", "hf_sdpa", "torchscript", "nested", "fusedbert")
 
@@ -54,20 +54,16 @@ def parse_args(argv) -> argparse.Namespace:
     return args
 
 
-def padded_batch(lengths: list[int], vocab_size: int, device: torch.device) -> Batch:
-    """Texts of these token counts, padded to the longest as a frontend pads them."""
-    generator = torch.Generator().manual_seed(SEED + sum(lengths))
-    padded_length = max(lengths)
-    input_ids = torch.randint(1000, vocab_size, (len(lengths), padded_length), generator=generator)
-    attention_mask = (torch.arange(padded_length)[None, :] < torch.tensor(lengths)[:, None]).long()
-    return Batch((input_ids * attention_mask).to(device), attention_mask.to(device), tuple(lengths))
+def seeded_batch(lengths: list[int], vocab_size: int, device: torch.device) -> Batch:
+    """Texts of these token counts, padded to the longest, their ids seeded by the lengths."""
+    return padded_batch(lengths, vocab_size, device, torch.Generator().manual_seed(SEED + sum(lengths)))
 
 
 def batch_of_shape(size: int, padded_length: int, vocab_size: int, device: torch.device) -> Batch:
     """``size`` texts whose longest is ``padded_length`` tokens, the others of random shorter lengths."""
     generator = torch.Generator().manual_seed(SEED + 1000 * size + padded_length)
     lengths = [padded_length] + torch.randint(1, padded_length + 1, (size - 1,), generator=generator).tolist()
-    return padded_batch(lengths, vocab_size, device)
+    return seeded_batch(lengths, vocab_size, device)
 
 
 def dealt_shapes(systems: list[str], per_system: int, max_batch: int, lengths: tuple[int, int]) -> dict[str, list]:
@@ -114,7 +110,7 @@ def main(argv=None) -> int:
     vocab = reference.config.vocab_size
     shapes = dealt_shapes(args.systems, args.shapes, args.max_batch, tuple(args.lengths))
     # The traced system's example batch is one step longer than any timed shape, so none of them is warm.
-    trace_example = padded_batch([args.lengths[1] + 1, args.lengths[0]], vocab, device)
+    trace_example = seeded_batch([args.lengths[1] + 1, args.lengths[0]], vocab, device)
     built, skipped = build_systems([s for s in args.systems if s != "torchscript"], reference, dtype, device, trace_example)
     if "torchscript" in args.systems:
         built["torchscript"] = traced_forward(reference, dtype, trace_example)

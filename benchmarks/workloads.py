@@ -58,11 +58,16 @@ def make_batch(workload: Workload, vocab_size: int, device: torch.device) -> Bat
     """The same batch for every model, dtype and system: lengths and token ids come from one seed."""
     generator = torch.Generator().manual_seed(SEED)
     lengths = torch.randint(workload.min_len, workload.max_len + 1, (workload.batch,), generator=generator)
-    seq_len = int(lengths.max())
-    input_ids = torch.randint(1000, vocab_size, (workload.batch, seq_len), generator=generator)
-    attention_mask = (torch.arange(seq_len)[None, :] < lengths[:, None]).long()
+    return padded_batch(lengths.tolist(), vocab_size, device, generator)
+
+
+def padded_batch(lengths: list[int], vocab_size: int, device: torch.device, generator: torch.Generator) -> Batch:
+    """Texts of these token counts (random ids from ``generator``), padded to the longest."""
+    seq_len = max(lengths)
+    input_ids = torch.randint(1000, vocab_size, (len(lengths), seq_len), generator=generator)
+    attention_mask = (torch.arange(seq_len)[None, :] < torch.tensor(lengths)[:, None]).long()
     input_ids = input_ids * attention_mask  # pad id 0, as BERT tokenizers pad
-    return Batch(input_ids.to(device), attention_mask.to(device), tuple(int(n) for n in lengths))
+    return Batch(input_ids.to(device), attention_mask.to(device), tuple(lengths))
 
 
 def load_model(name: str) -> tuple[BertModel, str]:

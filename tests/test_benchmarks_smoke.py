@@ -129,8 +129,8 @@ def test_new_shape_benchmark_traced_model_matches_hf_at_real_tokens_of_a_padded_
 
     reference, _ = workloads.load_model("minilm")
     cpu = torch.device("cpu")
-    traced = new_shapes.traced_forward(reference, torch.float32, new_shapes.padded_batch([9, 4], 30522, cpu))
-    batch = new_shapes.padded_batch([12, 3, 7], 30522, cpu)
+    traced = new_shapes.traced_forward(reference, torch.float32, new_shapes.seeded_batch([9, 4], 30522, cpu))
+    batch = new_shapes.seeded_batch([12, 3, 7], 30522, cpu)
     with torch.inference_mode():
         expected = systems.hf_forward(reference)(batch)
         got = traced(batch)
