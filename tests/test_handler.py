@@ -368,6 +368,27 @@ def test_metrics_count_real_and_padded_tokens(handlers, minilm_tokenizer, caplog
     assert float(emitted["PostprocessTime"]) > 0
 
 
+# TorchServe 0.12's frontend (WorkerLifeCycle.ReaderThread) reads a metric from each stdout line that matches this.
+FRONTEND_METRIC_LINE = re.compile(r"(INFO > )?\[METRICS\](\w+)\.(\w+):([0-9.]+)\|#ModelName:minilm,Level:Model\|"
+                                  r"#type:(\w+)\|#hostname:[^,]+,\d+,request-0,request-1")
+
+
+def test_a_batchs_metrics_reach_the_log_as_one_record_of_torchserve_lines(handlers, caplog):
+    handler, context = handlers("sequence_classification")
+    with caplog.at_level(logging.INFO, logger=handler_module.METRIC_LOGGER.name):
+        run_batch(handler, context, ["one two three", "four"])
+    records = [r for r in caplog.records if r.name == handler_module.METRIC_LOGGER.name]
+    assert len(records) == 1
+    lines = records[0].getMessage().split("\n")
+    matches = [FRONTEND_METRIC_LINE.fullmatch(line) for line in lines]
+    assert all(matches), lines
+    assert [(m.group(2), m.group(3), m.group(5)) for m in matches] == [
+        ("TokenizeTime", "Milliseconds", "GAUGE"), ("RealTokens", "Count", "COUNTER"),
+        ("PaddedTokens", "Count", "COUNTER"), ("PaddingRatio", "Percent", "GAUGE"), ("BatchSize", "Count", "GAUGE"),
+        ("ModelTime", "Milliseconds", "GAUGE"), ("PostprocessTime", "Milliseconds", "GAUGE")]
+    assert handler_module.METRIC_LOGGER.handlers == [] and handler_module.METRIC_LOGGER.propagate
+
+
 # ------------------------------------------------------------------------------------- explanations
 
 @pytest.mark.parametrize("mode,fused", [("sequence_classification", False), ("sequence_classification", True),
