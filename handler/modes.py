@@ -216,22 +216,48 @@ class Mode:
         limits = [self.prefix_chars] * len(texts)
         while True:
             heads = [_prefix(text, limit) for text, limit in zip(texts, limits)]
-            # Overflowing tokens come back as extra rows: the way to know a text was cut. Only each
-            # text's first row is kept.
-            encoding = self.tokenizer(heads, truncation=True, max_length=self.max_length,
-                                      return_overflowing_tokens=True, return_offsets_mapping=self.token_details,
-                                      return_special_tokens_mask=self.token_details)
-            rows_per_text = Counter(encoding["overflow_to_sample_mapping"])
+            rows, truncated = self._first_rows(heads)
             unfilled = [i for i, (head, text) in enumerate(zip(heads, texts))
-                        if len(head) < len(text) and rows_per_text[i] == 1]
+                        if len(head) < len(text) and not truncated[i]]
             if not unfilled:
                 break
             for i in unfilled:
                 limits[i] *= PREFIX_GROWTH
+        every_row = list(range(len(examples)))
+        return self._pad(rows, every_row, every_row, truncated)
+
+    def _first_rows(self, heads: list[str]) -> tuple[dict[str, list], list[bool]]:
+        """Each text's first row of tokens, cut at max_length (key -> one list per text: the model inputs,
+        and with token_details its offsets and special-token mask), and whether the text had more tokens."""
+        if not self.token_details:
+            return self._first_rows_without_details(heads)
+        # Overflowing tokens come back as extra rows: the way to know a text was cut.
+        encoding = self.tokenizer(heads, truncation=True, max_length=self.max_length, return_overflowing_tokens=True,
+                                  return_offsets_mapping=True, return_special_tokens_mask=True)
         sample_of_row = encoding["overflow_to_sample_mapping"]
-        first_rows = [sample_of_row.index(i) for i in range(len(examples))]
-        truncated = [rows_per_text[i] > 1 for i in range(len(examples))]
-        return self._pad(encoding, first_rows, list(range(len(examples))), truncated)
+        rows_per_text = Counter(sample_of_row)
+        first_rows = [sample_of_row.index(i) for i in range(len(heads))]
+        keys = [k for k in (*MODEL_INPUTS, "offset_mapping", "special_tokens_mask") if k in encoding]
+        return {k: [encoding[k][r] for r in first_rows] for k in keys}, [rows_per_text[i] > 1 for i in range(len(heads))]
+
+    def _first_rows_without_details(self, heads: list[str]) -> tuple[dict[str, list], list[bool]]:
+        """_first_rows straight from the Rust tokenizer, without the offsets that no answer of this mode reads:
+        the same ids as the tokenizer's ``__call__`` (which calls the same backend), in about half its time
+        for one short text (70 of 390 µs of a one-request batch without the model, on a 2-core VM)."""
+        backend = self.tokenizer.backend_tokenizer
+        # The settings __call__ gives the backend for truncation=True (another mode's or captum's call may
+        # have changed them): cut at max_length from the tokenizer's side, no padding.
+        truncation = {"max_length": self.max_length, "stride": 0, "strategy": "longest_first",
+                      "direction": self.tokenizer.truncation_side}
+        if backend.truncation != truncation:
+            backend.enable_truncation(**truncation)
+        if backend.padding is not None:
+            backend.no_padding()
+        encodings = backend.encode_batch_fast(heads)
+        columns = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
+                   "token_type_ids": [e.type_ids for e in encodings]}
+        return ({k: columns[k] for k in MODEL_INPUTS if k in self.tokenizer.model_input_names},
+                [bool(e.overflowing) for e in encodings])
 
     def _pad(self, encoding, rows: list[int], row_example: list[int], truncated: list[bool]) -> EncodedBatch:
         present = [k for k in MODEL_INPUTS if k in encoding]

@@ -464,11 +464,20 @@ def long_texts() -> list[str]:
     ]
 
 
+def detailed_and_plain_mode(tokenizer, max_length: int):
+    """A mode that reads offsets (tokenized through the tokenizer's __call__) and one that does not (through
+    its Rust backend directly)."""
+    from modes import FeatureExtractionMode, TokenClassificationMode
+
+    return (TokenClassificationMode(tokenizer, max_length=max_length, labels=TOKEN_LABELS),
+            FeatureExtractionMode(tokenizer, max_length=max_length, normalize=True))
+
+
 @pytest.mark.parametrize("kind", ["minilm", "byte_level", "metaspace"])
 def test_long_texts_tokenize_from_a_prefix_exactly_as_whole(kind, minilm_tokenizer):
     """Every prefix limit, from one that cuts inside the first few tokens to past the whole text, gives
     the rows of the whole text: at max_length 16 the cut lands among the tokens the model sees."""
-    from modes import Example, TokenClassificationMode, prefixes_tokenize_alike
+    from modes import Example, prefixes_tokenize_alike
 
     tokenizer = minilm_tokenizer if kind == "minilm" else trained_tokenizer(kind)
     assert prefixes_tokenize_alike(tokenizer)
@@ -478,28 +487,70 @@ def test_long_texts_tokenize_from_a_prefix_exactly_as_whole(kind, minilm_tokeniz
     sample_of_row = whole["overflow_to_sample_mapping"]
     first_rows = [sample_of_row.index(i) for i in range(len(texts))]
     assert [sample_of_row.count(i) > 1 for i in range(len(texts))] == [True] * 6 + [False, True]
-    mode = TokenClassificationMode(tokenizer, max_length=max_length, labels=TOKEN_LABELS)  # reads offsets
-    for limit in range(1, 200, 3):
-        mode.prefix_chars = limit
-        got = mode.encode([Example(text) for text in texts])
-        assert got.truncated == [sample_of_row.count(i) > 1 for i in range(len(texts))], limit
-        for position, row in enumerate(first_rows):
-            where = f"text {position}, prefix limit {limit}"
-            length = len(whole["input_ids"][row])
-            assert got.inputs["input_ids"][position, :length].tolist() == whole["input_ids"][row], where
-            assert got.inputs["attention_mask"][position].sum() == length, where
-            assert got.rows[position]["offset_mapping"] == whole["offset_mapping"][row], where
-            assert got.rows[position]["special_tokens_mask"] == whole["special_tokens_mask"][row], where
+    for mode in detailed_and_plain_mode(tokenizer, max_length):
+        for limit in range(1, 200, 3):
+            mode.prefix_chars = limit
+            got = mode.encode([Example(text) for text in texts])
+            assert got.truncated == [sample_of_row.count(i) > 1 for i in range(len(texts))], limit
+            for position, row in enumerate(first_rows):
+                where = f"{mode.name}, text {position}, prefix limit {limit}"
+                length = len(whole["input_ids"][row])
+                for key in got.inputs:
+                    assert got.inputs[key][position, :length].tolist() == whole[key][row], where
+                assert got.inputs["attention_mask"][position].sum() == length, where
+                if mode.token_details:
+                    assert got.rows[position]["offset_mapping"] == whole["offset_mapping"][row], where
+                    assert got.rows[position]["special_tokens_mask"] == whole["special_tokens_mask"][row], where
 
 
-def test_a_huge_text_is_tokenized_only_as_far_as_max_length_needs(minilm_tokenizer, monkeypatch):
-    from modes import Example, FeatureExtractionMode
+def test_both_ways_of_tokenizing_ignore_settings_left_by_another_tokenizer_call(minilm_tokenizer):
+    """A mode tokenizes as its own __call__ would (truncated at its max_length, padded to the batch's
+    longest), whatever an earlier call with other settings (another mode, captum) left in the backend."""
+    import copy
 
-    mode = FeatureExtractionMode(minilm_tokenizer, max_length=128, normalize=True)
+    from modes import Example
+
+    tokenizer = copy.deepcopy(minilm_tokenizer)
+    texts = ["a few words", "one two three four five six seven eight nine ten eleven twelve", "x"]
+    expected = tokenizer(texts, truncation=True, max_length=8, padding="longest", return_tensors="pt")
+    for mode in detailed_and_plain_mode(tokenizer, max_length=8):
+        for other_call in ({"truncation": False}, {"truncation": True, "max_length": 5},
+                           {"padding": "max_length", "max_length": 32, "truncation": True}):
+            tokenizer(texts, **other_call)
+            got = mode.encode([Example(text) for text in texts])
+            assert set(got.inputs) == set(expected), (mode.name, other_call)
+            for key, tensor in expected.items():
+                assert torch.equal(got.inputs[key], tensor), (mode.name, other_call, key)
+            assert got.truncated == [False, True, False], (mode.name, other_call)
+
+
+class _RecordingBackend:
+    """A Rust tokenizer that records the longest text of each encode_batch_fast call."""
+
+    def __init__(self, backend, seen: list):
+        self._backend, self._seen = backend, seen
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def encode_batch_fast(self, texts):
+        self._seen.append(max(map(len, texts)))
+        return self._backend.encode_batch_fast(texts)
+
+
+@pytest.mark.parametrize("details", [True, False], ids=["tokenizer_call", "rust_backend"])
+def test_a_huge_text_is_tokenized_only_as_far_as_max_length_needs(minilm_tokenizer, monkeypatch, details):
+    from modes import Example
+
+    mode = detailed_and_plain_mode(minilm_tokenizer, max_length=128)[0 if details else 1]
     seen = []
-    tokenize = type(minilm_tokenizer).__call__
-    monkeypatch.setattr(type(minilm_tokenizer), "__call__",
-                        lambda self, texts, **kwargs: seen.append(max(map(len, texts))) or tokenize(self, texts, **kwargs))
+    if details:
+        tokenize = type(minilm_tokenizer).__call__
+        monkeypatch.setattr(type(minilm_tokenizer), "__call__", lambda self, texts, **kwargs:
+                            seen.append(max(map(len, texts))) or tokenize(self, texts, **kwargs))
+    else:
+        recording = _RecordingBackend(minilm_tokenizer.backend_tokenizer, seen)
+        monkeypatch.setattr(type(minilm_tokenizer), "backend_tokenizer", property(lambda self: recording))
     huge = ("The fused encoder runs on real tokens only. " * 30_000)[: 1 << 20]
     batch = mode.encode([Example(huge), Example("short")])
     assert batch.truncated == [True, False] and batch.real_tokens == 128 + 3
