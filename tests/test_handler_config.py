@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import pytest
+import torch
 
 from handler_support import copy_model_dir, handler_module, load_handler, write_model_dir
 
@@ -133,3 +135,16 @@ def test_handler_module_defines_exactly_one_class():
     from ts.utils.util import list_classes_from_module
 
     assert list_classes_from_module(handler_module) == [handler_module.TransformersFusedHandler]
+
+
+def test_cudnn_attention_is_turned_off_for_unfused_models(caplog):
+    """Unfused GPU workers call this at load (cuDNN's SDPA builds a plan per new input shape)."""
+    enabled = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        with caplog.at_level(logging.INFO, logger=handler_module.logger.name):
+            handler_module.avoid_cudnn_attention()
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert "cuDNN attention off" in caplog.text
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(enabled)
