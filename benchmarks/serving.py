@@ -18,12 +18,12 @@ them, one concurrency level at a time, so drift in the machine's load hits all a
 Load: a closed loop of ``concurrency`` clients (aiohttp) sending raw text, each sending its next request
 when its previous one is answered, until the cell's request count is sent or its duration cap passes.
 Each cell is preceded by an unmeasured warm-up of at least ``--warmup-requests`` per worker, so that
-every worker has met many input shapes (allocator caches, cuBLAS heuristics). On a GPU the traced stock
-model takes tens of ms per batch on shapes it has not met, which benchmarks/new_shapes.py measures, so its
-cells after a short warm-up are not steady state. ``--client-processes K`` deals the clients out to K
-processes kept for the run, for loads past what one event loop can send. Texts come from benchmarks/data
-with token lengths uniform in 8..128 and a 10% tail up to twice max_length (truncated to max_length by
-the handler). Per cell: requests/s, real tokens/s (after truncation), latency
+every worker has met many input shapes (allocator caches, cuBLAS heuristics). On Hopper the traced stock
+model took tens of ms per batch on shapes it had not met, cuDNN's attention planning each one
+(benchmarks/new_shapes.py); the handler turns cuDNN's attention off in unfused GPU workers since.
+``--client-processes K`` deals the clients out to K processes kept for the run, for loads past what one
+event loop can send. Texts come from benchmarks/data with token lengths uniform in 8..128 and a 10% tail
+up to twice max_length (truncated to max_length by the handler). Per cell: requests/s, real tokens/s (after truncation), latency
 p50/p90/p99, errors by status; and from the handler's own per-batch metrics (parsed from TorchServe's log):
 batch size, tokenize / model / postprocess / whole-batch time, and the overhead (whole batch minus model).
 
