@@ -8,9 +8,9 @@ plans, TorchScript specializations, GEMM plans) pays for it on each of them.
 
 Every system gets shapes of its own (dealt from one shuffled grid), so no system finds a shape another
 one has already warmed; each first runs one shape of its own twice, untimed, so one-time start-up is not
-counted. The
-attention kernels each system's PyTorch calls ran are read off the profiler on that first shape.
-Writes benchmarks/results/new-shapes-<device slug>-<YYYYMMDD>.json.
+counted. The attention kernels each system's PyTorch calls ran are read off the profiler on that first
+shape. Writes benchmarks/results/new-shapes-<device slug>-<YYYYMMDD>.json, new-shapes-cudnn-on-... or
+new-shapes-cudnn-off-... with --cudnn-sdpa, so the two runs of a comparison sit side by side.
 """
 
 from __future__ import annotations
@@ -143,7 +143,8 @@ def main(argv=None) -> int:
                   f"again p50 {record['again_median_ms']:7.2f} ms; attention: {', '.join(ops) or '-'}", flush=True)
     for name, reason in skipped.items():
         print(f"{name:12s} skipped: {reason}")
-    write_results(results, "new-shapes", args.out)
+    kind = "new-shapes" if args.cudnn_sdpa == "default" else f"new-shapes-cudnn-{args.cudnn_sdpa}"
+    write_results(results, kind, args.out)
     return 0
 
 

@@ -23,9 +23,10 @@ model took tens of ms per batch on shapes it had not met, cuDNN's attention plan
 (benchmarks/new_shapes.py); the handler turns cuDNN's attention off in unfused GPU workers since.
 ``--client-processes K`` deals the clients out to K processes kept for the run, for loads past what one
 event loop can send. Texts come from benchmarks/data with token lengths uniform in 8..128 and a 10% tail
-up to twice max_length (truncated to max_length by the handler). Per cell: requests/s, real tokens/s (after truncation), latency
-p50/p90/p99, errors by status; and from the handler's own per-batch metrics (parsed from TorchServe's log):
-batch size, tokenize / model / postprocess / whole-batch time, and the overhead (whole batch minus model).
+up to twice max_length (truncated to max_length by the handler). Per cell: requests/s, real tokens/s
+(after truncation), latency p50/p90/p99, errors by status; and from the handler's own per-batch metrics
+(parsed from TorchServe's log): batch size, tokenize / model / postprocess / whole-batch time, and the
+overhead (whole batch minus model).
 
 GPU: the serving host needs Java 11+ for TorchServe's frontend (scripts/device_bundle.sh packs one, with
 TorchServe, for a host that has neither; scripts/device_serving.sh runs this there). ``--gpus N`` writes

@@ -238,7 +238,8 @@ class Mode:
         rows_per_text = Counter(sample_of_row)
         first_rows = [sample_of_row.index(i) for i in range(len(heads))]
         keys = [k for k in (*MODEL_INPUTS, "offset_mapping", "special_tokens_mask") if k in encoding]
-        return {k: [encoding[k][r] for r in first_rows] for k in keys}, [rows_per_text[i] > 1 for i in range(len(heads))]
+        truncated = [rows_per_text[i] > 1 for i in range(len(heads))]
+        return {k: [encoding[k][r] for r in first_rows] for k in keys}, truncated
 
     def _first_rows_without_details(self, heads: list[str]) -> tuple[dict[str, list], list[bool]]:
         """_first_rows straight from the Rust tokenizer, without the offsets that no answer of this mode reads:
