@@ -199,7 +199,7 @@ class TransformersFusedHandler(BaseHandler):
         num_inputs = sum(k in self.tokenizer.model_input_names for k in MODEL_INPUTS)
         runner = cuda_graphs.CudaGraphRunner(self.model, cuda_graphs.parse_buckets(self.config.cuda_graph_buckets),
                                              self.device, token_level=self.config.mode in PER_TOKEN_OUTPUT_MODES,
-                                             num_inputs=num_inputs)
+                                             num_inputs=num_inputs, outputs_on_host=True)
         if self.config.cuda_graph_warmup:
             reports = runner.capture_all()  # the runner logs each bucket's time and memory
             logger.info("CUDA graphs: %d bucket(s) captured in %.2f s, holding %.1f MiB of GPU memory", len(reports),

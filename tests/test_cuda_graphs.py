@@ -129,14 +129,34 @@ def test_replays_reuse_one_graph_and_return_independent_tensors(minilm_path):
 
 
 @pytest.mark.cuda
-def test_batch_fitting_no_bucket_runs_eagerly(minilm_path):
+def test_outputs_on_host_are_the_replays_own_and_the_callers(minilm_path):
+    task = fused_task(minilm_path, torch.float16, mode="sequence_classification")
+    runner = CudaGraphRunner(task, [Bucket(4, 32)], DEVICE, token_level=False, outputs_on_host=True)
+    first = runner(*as_inputs(random_batch(VOCAB, [5, 9], seed=1)))[0]
+    first_copy = first.clone()
+    second_batch = random_batch(VOCAB, [30, 2, 7], seed=2)
+    second = runner(*as_inputs(second_batch))[0]
+    assert first.device.type == "cpu" and first.dtype == torch.float16 and first.shape[0] == 2
+    assert torch.equal(first, first_copy)  # the second copy to the host did not overwrite what the first returned
+    replayed = runner._graphs[Bucket(4, 32)].outputs[0]  # still holds the second replay's answer
+    assert torch.equal(second, replayed[:3].cpu())
+    with torch.no_grad():
+        expected = task(*as_inputs(second_batch, DEVICE))[0]
+    assert (second - expected.cpu()).abs().max().item() <= TOLERANCE[torch.float16]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("outputs_on_host", [False, True], ids=["device_outputs", "host_outputs"])
+def test_batch_fitting_no_bucket_runs_eagerly(minilm_path, outputs_on_host):
     task = fused_task(minilm_path, torch.float32)
-    runner = CudaGraphRunner(last_hidden(task), [Bucket(1, 16)], DEVICE, token_level=True)
+    runner = CudaGraphRunner(last_hidden(task), [Bucket(1, 16)], DEVICE, token_level=True,
+                             outputs_on_host=outputs_on_host)
     batch = random_batch(VOCAB, [40, 3])
     got = runner(*as_inputs(batch))[0]
     with torch.no_grad():
         expected = last_hidden(task)(*as_inputs(batch, DEVICE))
-    assert torch.equal(got, expected)
+    assert got.device.type == ("cpu" if outputs_on_host else "cuda")
+    assert torch.equal(got, expected.to(got.device))
     assert runner.reports == []
 
 
@@ -200,14 +220,18 @@ def test_capture_all_reports_each_bucket_and_smaller_graphs_reuse_the_pool(minil
 
 
 @pytest.mark.cuda
-def test_traced_task_module_is_captured(minilm_path, minilm_tokenizer):
+@pytest.mark.parametrize("outputs_on_host", [False, True], ids=["device_outputs", "host_outputs"])
+def test_traced_task_module_is_captured(minilm_path, minilm_tokenizer, outputs_on_host):
+    # QA's start and end logits are strided views of one tensor: on the host path they are copied whole.
     task = fused_task(minilm_path, torch.float16, mode="question_answering")
     example = minilm_tokenizer(["a question", "and a context that is longer"], padding=True, return_tensors="pt")
     inputs = as_inputs(example, DEVICE)
     with torch.no_grad():
         traced = torch.jit.trace(task, tuple(inputs))
-    runner = CudaGraphRunner(traced, [Bucket(2, 32)], DEVICE, token_level=True)
-    start, end = runner(*as_inputs(example))
+    runner = CudaGraphRunner(traced, [Bucket(2, 32)], DEVICE, token_level=True, outputs_on_host=outputs_on_host)
+    outputs = runner(*as_inputs(example))
+    assert {out.device.type for out in outputs} == {"cpu" if outputs_on_host else "cuda"}
+    start, end = (out.to(DEVICE) for out in outputs)
     with torch.no_grad():
         expected_start, expected_end = task(*inputs)
     mask = inputs[1]
