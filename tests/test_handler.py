@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from ts.metrics.metric_type_enum import MetricTypes
 
 from handler_support import (SEQUENCE_LABELS, TOKEN_LABELS, copy_model_dir, handler_module, load_handler, make_context,
                              run_batch, write_model_dir)
@@ -386,7 +387,38 @@ def test_a_batchs_metrics_reach_the_log_as_one_record_of_torchserve_lines(handle
         ("TokenizeTime", "Milliseconds", "GAUGE"), ("RealTokens", "Count", "COUNTER"),
         ("PaddedTokens", "Count", "COUNTER"), ("PaddingRatio", "Percent", "GAUGE"), ("BatchSize", "Count", "GAUGE"),
         ("ModelTime", "Milliseconds", "GAUGE"), ("PostprocessTime", "Milliseconds", "GAUGE")]
-    assert handler_module.METRIC_LOGGER.handlers == [] and handler_module.METRIC_LOGGER.propagate
+
+
+# How the handler would report each of its metrics through TorchServe's metric API.
+TORCHSERVE_METRIC_CALLS = {
+    "TokenizeTime": lambda metrics, value: metrics.add_time("TokenizeTime", value),
+    "RealTokens": lambda metrics, value: metrics.add_counter("RealTokens", value),
+    "PaddedTokens": lambda metrics, value: metrics.add_counter("PaddedTokens", value),
+    "PaddingRatio": lambda metrics, value: metrics.add_percent("PaddingRatio", value),
+    "BatchSize": lambda metrics, value: metrics.add_metric("BatchSize", value, "count", metric_type=MetricTypes.GAUGE),
+    "ModelTime": lambda metrics, value: metrics.add_time("ModelTime", value),
+    "PostprocessTime": lambda metrics, value: metrics.add_time("PostprocessTime", value),
+}
+
+
+def test_metric_lines_are_those_torchserves_metric_api_writes(handlers, caplog):
+    """The handler formats its metric lines itself (one log call per batch): they must stay exactly what
+    the installed TorchServe writes for the same metrics, timestamps aside."""
+    assert set(TORCHSERVE_METRIC_CALLS) == set(handler_module.BATCH_METRICS)
+    handler, context = handlers("sequence_classification")
+    with caplog.at_level(logging.INFO, logger=handler_module.METRIC_LOGGER.name):
+        run_batch(handler, context, ["one two three", "four"])
+        ours = [r.getMessage() for r in caplog.records if r.name == handler_module.METRIC_LOGGER.name]
+        caplog.clear()
+        for name, value in handler._batch_metrics:
+            TORCHSERVE_METRIC_CALLS[name](context.metrics, value)
+        theirs = [r.getMessage() for r in caplog.records if r.name == handler_module.METRIC_LOGGER.name]
+    assert len(ours) == 1 and len(theirs) == len(handler_module.BATCH_METRICS)
+
+    def without_timestamp(line: str) -> str:
+        return re.sub(r"(\|#hostname:[^,]+),\d+,", r"\1,<time>,", line)
+
+    assert [without_timestamp(line) for line in ours[0].split("\n")] == [without_timestamp(line) for line in theirs]
 
 
 # ------------------------------------------------------------------------------------- explanations
