@@ -1,5 +1,6 @@
 """The accuracy report runs end to end on a few sentences and writes its table and JSON; the new-shape
-benchmark runs end to end on a few shapes; the serving benchmark's pieces that need no server (no timing)."""
+benchmark runs end to end on a few shapes; the serving benchmark's pieces that need no server (no timing);
+the worker-stages benchmark serves a few batches through TorchServe's loader and Service."""
 
 from __future__ import annotations
 
@@ -136,3 +137,30 @@ def test_new_shape_benchmark_traced_model_matches_hf_at_real_tokens_of_a_padded_
         got = traced(batch)
     real = batch.is_real
     assert (got[real] - expected[real]).abs().max() < 1e-4
+
+
+def test_worker_stages_times_a_batch_loaded_and_served_as_a_worker_does(tmp_path, minilm_path):
+    import ts.service
+    from handler_support import write_model_dir
+
+    from benchmarks import worker_stages
+
+    model_dir = write_model_dir(tmp_path / "model", minilm_path, "sequence_classification", "torchscript", True)
+    (model_dir / "MAR-INF").mkdir()
+    (model_dir / "MAR-INF" / "MANIFEST.json").write_text(json.dumps(
+        {"model": {"modelName": "stages", "serializedFile": "traced_model.pt",
+                   "handler": "transformer_handler_generalized.py"}}))
+    create_response = ts.service.create_predict_response
+    out = tmp_path / "stages.json"
+    assert worker_stages.main([str(model_dir), "--tokens", "12", "--requests", "3", "--rounds", "1",
+                               "--gap-ms", "0", "0.5", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["tokens"] == 12 and [r["gap_ms"] for r in result["records"]] == [0, 0.5]
+    stages = {name: value["median_us"] for name, value in result["records"][0]["stages"].items()}
+    assert set(stages) == {"batch (Service.predict)", "TorchServe: read the batch", "handler: decode the request",
+                           "handler: tokenize", "handler: model call, copies and waits", "  of it: the model or replay",
+                           "handler: answers", "handler: its metric lines", "TorchServe: its own metric lines",
+                           "TorchServe: encode the response"}
+    assert stages["batch (Service.predict)"] > stages["handler: model call, copies and waits"] > \
+        stages["  of it: the model or replay"] > 0
+    assert ts.service.create_predict_response is create_response  # the stage wrappers are gone afterwards
