@@ -13,7 +13,11 @@ of the plain Hugging Face model), with the same model-config.yaml (batch size, b
 devices). A third archive, ``noop`` (benchmarks/noop_handler.py), answers without a model under the same
 model-config.yaml: the floor of latency and the ceiling of requests/s that the client, the frontend and
 the worker protocol leave on this host. One TorchServe serves all three; the load alternates between
-them, one concurrency level at a time, so drift in the machine's load hits all alike.
+them, one concurrency level at a time, so drift in the machine's load hits all alike. ``--rounds N``
+measures each cell N times, the systems' order reversed each round (A B, B A, A B, ...); a record pools its
+rounds and lists each round's requests/s, p50 and p50 above the model, which shows drift during the run.
+Separate runs are no A/B: on one H100 the same handler measured 1.31 ms above the model in a first run
+and 1.90 ms in a third (docs/benchmarks.md).
 
 Load: a closed loop of ``concurrency`` clients (aiohttp) sending raw text, each sending its next request
 when its previous one is answered, until the cell's request count is sent or its duration cap passes.
@@ -50,6 +54,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: make `benchmarks` importable as from the repo root
@@ -107,6 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     parser.add_argument("--requests", type=int, help="requests per cell (default: per concurrency, see the JSON)")
     parser.add_argument("--duration-cap", type=float, default=45.0, help="seconds per cell at most (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure each cell this many times, alternating the systems' order (default: %(default)s)")
     parser.add_argument("--client-processes", type=int, default=1,
                         help="split each cell's clients over this many processes (default: %(default)s)")
     parser.add_argument("--warmup-requests", type=int, default=64,
@@ -136,6 +143,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--workers-per-gpu must be >= 1")
     if args.client_processes < 1:
         parser.error("--client-processes must be >= 1")
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     if not set(args.systems) & set(SYSTEMS):
         parser.error(f"--systems needs {' or '.join(SYSTEMS)}: the request texts come from that model's tokenizer")
     args.dtype = args.dtype or ("fp16" if args.device == "cuda" else "fp32")
@@ -269,8 +278,31 @@ def frontend_counters(server: ts.Server, model: str) -> dict[str, float]:
     return {name: float(value) for name, model_name, value in PROMETHEUS_SAMPLE.findall(text) if model_name == model}
 
 
-def summarize(system: str, concurrency: int, planned: int, replies: list[Reply], wall_s: float,
-              batches: list[dict[str, float]], counters_before: dict, counters_after: dict) -> dict:
+@dataclass
+class Round:
+    """One measured run of a cell: the replies, its wall time, the handler's batches (handler_metrics) and how
+    much each of the frontend's counters for the model grew."""
+    replies: list[Reply]
+    wall_s: float
+    batches: list[dict[str, float]]
+    counters: dict[str, float]
+
+    @property
+    def latency_p50_ms(self) -> float | None:
+        ok = [r.seconds * 1e3 for r in self.replies if r.status == 200]
+        return float(np.median(ok)) if ok else None
+
+    @property
+    def model_p50_ms(self) -> float | None:
+        model = [b["ModelTime"] for b in self.batches if "ModelTime" in b]
+        return float(np.median(model)) if model else None
+
+
+def summarize(system: str, concurrency: int, planned: int, rounds: list[Round]) -> dict:
+    """One record for a cell: its rounds pooled (``planned`` requests each), and each round's own figures."""
+    replies = [reply for one in rounds for reply in one.replies]
+    batches = [batch for one in rounds for batch in one.batches]
+    wall_s = sum(one.wall_s for one in rounds)
     ok = [r for r in replies if r.status == 200]
     latencies_ms = np.array([r.seconds * 1e3 for r in ok]) if ok else np.array([np.nan])
     latency_p50 = float(np.percentile(latencies_ms, 50))
@@ -287,13 +319,14 @@ def summarize(system: str, concurrency: int, planned: int, replies: list[Reply],
 
     # Everything in the worker but the forward pass: decoding, tokenizing, device copies, answers.
     overheads = [b["PredictionTime"] - b["ModelTime"] for b in batches if "PredictionTime" in b and "ModelTime" in b]
-    served = counters_after.get("ts_inference_requests_total", 0) - counters_before.get("ts_inference_requests_total", 0)
-    queued_us = counters_after.get("ts_queue_latency_microseconds", 0) - counters_before.get("ts_queue_latency_microseconds", 0)
+    served = sum(one.counters.get("ts_inference_requests_total", 0) for one in rounds)
+    queued_us = sum(one.counters.get("ts_queue_latency_microseconds", 0) for one in rounds)
     total = {name: sum(values(name)) for name in ("TokenizeTime", "ModelTime", "PostprocessTime", "PredictionTime")}
     padded, real = sum(values("PaddedTokens")), sum(values("RealTokens"))
     return {
-        "system": system, "concurrency": concurrency, "requests_planned": planned, "requests_sent": len(replies),
-        "stopped_by_duration_cap": len(replies) < planned, "completed": len(ok), "errors": len(replies) - len(ok),
+        "system": system, "concurrency": concurrency, "requests_planned": planned * len(rounds),
+        "requests_sent": len(replies), "stopped_by_duration_cap": any(len(one.replies) < planned for one in rounds),
+        "completed": len(ok), "errors": len(replies) - len(ok),
         "errors_by_status": errors, "wall_s": wall_s,
         "requests_per_s": len(ok) / wall_s, "real_tokens_per_s": sum(r.tokens for r in ok) / wall_s,
         "latency_ms": {"p50": latency_p50, "p90": float(np.percentile(latencies_ms, 90)),
@@ -313,6 +346,10 @@ def summarize(system: str, concurrency: int, planned: int, replies: list[Reply],
                                     for name in ("TokenizeTime", "ModelTime", "PostprocessTime")
                                     if total["PredictionTime"]},
         },
+        "rounds": [{"requests_per_s": sum(r.status == 200 for r in one.replies) / one.wall_s,
+                    "latency_p50_ms": one.latency_p50_ms,
+                    "p50_above_model_ms": None if one.model_p50_ms is None or one.latency_p50_ms is None
+                    else one.latency_p50_ms - one.model_p50_ms} for one in rounds],
         "loadavg_1m": os.getloadavg()[0],
     }
 
@@ -328,29 +365,33 @@ def serving_targets(records: list[dict], fused_over_stock: dict[str, float]) -> 
             for quantity, measured, at_least, bound in figures]
 
 
-def measure_cell(server: ts.Server, load: LoadGenerator, system: str, concurrency: int, requests: int, args, texts,
-                 tokens) -> dict:
+def measure_round(server: ts.Server, load: LoadGenerator, system: str, concurrency: int, requests: int, args, texts,
+                  tokens, round_index: int) -> Round:
     url = f"{server.urls['inference']}/predictions/{system}"
     token = server.key("inference")
     # Warm-up, not measured: fills the frontend's and the workers' pools at this concurrency and shows
     # every worker many input shapes.
     warmup = max(2 * concurrency, args.warmup_requests * workers(args))
     load.run(url, token, texts, tokens, concurrency, warmup, args.duration_cap)
+    time.sleep(1.0)  # the warm-up's last metric lines, logged just after its last answer, stay out of this round
     log = Path(server.run_dir) / "logs" / "ts_log.log"
     offset = log.stat().st_size
     before = frontend_counters(server, system)
     replies, wall_s = load.run(url, token, texts, tokens, concurrency, requests, args.duration_cap)
     time.sleep(1.0)  # the frontend logs the last batch's metrics just after answering it
-    record = summarize(system, concurrency, requests, replies, wall_s, handler_metrics(log, offset, system),
-                       before, frontend_counters(server, system))
+    after = frontend_counters(server, system)
+    one = Round(replies, wall_s, handler_metrics(log, offset, system),
+                {name: after[name] - before.get(name, 0) for name in after})
+    record = summarize(system, concurrency, requests, [one])
     latency, handler = record["latency_ms"], record["handler"]
     batch = "" if handler["mean_batch_size"] is None else \
         f"  batch {handler['mean_batch_size']:4.1f}  overhead p50 {handler['overhead_ms_p50'] or 0:5.1f} ms"
-    print(f"  {system:<6} c={concurrency:<3} {record['completed']:>5} ok {record['errors']:>3} err "
+    label = f" r{round_index + 1}" if args.rounds > 1 else ""
+    print(f"  {system:<6} c={concurrency:<3}{label} {record['completed']:>5} ok {record['errors']:>3} err "
           f"{record['requests_per_s']:8.1f} req/s {record['real_tokens_per_s']:9.0f} tok/s  "
           f"p50 {latency['p50']:7.1f} p90 {latency['p90']:7.1f} p99 {latency['p99']:7.1f} ms{batch}"
           + ("  (duration cap)" if record["stopped_by_duration_cap"] else ""), flush=True)
-    return record
+    return one
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -416,6 +457,7 @@ def main(argv=None) -> int:
     per_concurrency = {c: args.requests or (GPU_REQUESTS if args.device == "cuda" else CPU_REQUESTS).get(c, 480)
                        for c in args.concurrency}
     header["requests_per_cell"] = per_concurrency
+    header["rounds"] = args.rounds
 
     run_dir = args.work_dir / "torchserve"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -428,9 +470,12 @@ def main(argv=None) -> int:
         for position, concurrency in enumerate(args.concurrency):
             # Alternate which system goes first so that slow drift does not favour either.
             order = args.systems if position % 2 == 0 else args.systems[::-1]
-            for system in order:
-                records.append(measure_cell(server, load, system, concurrency, per_concurrency[concurrency], args,
-                                            texts, tokens))
+            rounds: dict[str, list[Round]] = {system: [] for system in order}
+            for index in range(args.rounds):
+                for system in order if index % 2 == 0 else order[::-1]:
+                    rounds[system].append(measure_round(server, load, system, concurrency,
+                                                        per_concurrency[concurrency], args, texts, tokens, index))
+            records += [summarize(system, concurrency, per_concurrency[concurrency], rounds[system]) for system in order]
     finally:
         load.close()
         ts.stop(run_dir)

@@ -49,6 +49,29 @@ def test_serving_benchmark_reads_handler_metrics_once_per_batch_of_its_model(tmp
     assert batches == [{"ModelTime": 12.5, "PredictionTime": 14.0, "BatchSize": 2.0}, {"ModelTime": 7.25}]
 
 
+def test_serving_record_pools_its_rounds_and_keeps_each_rounds_figures():
+    from benchmarks import serving
+    from benchmarks.load import Reply
+
+    def one_round(latencies_ms, model_ms, wall_s, served):
+        return serving.Round([Reply(ms / 1e3, 200, 10) for ms in latencies_ms], wall_s,
+                             [{"ModelTime": model_ms, "PredictionTime": model_ms + 0.5}] * len(latencies_ms),
+                             {"ts_inference_requests_total": served, "ts_queue_latency_microseconds": 100.0 * served})
+
+    fast, slow = one_round([1.0, 2.0, 3.0, 4.0], 0.5, 1.0, 4), one_round([5.0, 6.0, 7.0], 1.5, 2.0, 3)
+    slow.replies.append(Reply(0.001, 0, 0))  # a lost request: sent, not timed
+    record = serving.summarize("fused", 1, 4, [fast, slow])
+    assert (record["requests_planned"], record["requests_sent"], record["completed"]) == (8, 8, 7)
+    assert record["errors_by_status"] == {"0": 1} and not record["stopped_by_duration_cap"]
+    assert record["requests_per_s"] == pytest.approx(7 / 3.0)
+    assert record["latency_ms"]["p50"] == 4.0 and record["frontend_queue_ms_mean"] == pytest.approx(0.1)
+    assert record["p50_above_model_ms"] == pytest.approx(4.0 - 0.5)  # the model's p50 over both rounds' batches
+    assert record["rounds"] == [
+        {"requests_per_s": 4.0, "latency_p50_ms": 2.5, "p50_above_model_ms": 2.0},
+        {"requests_per_s": 1.5, "latency_p50_ms": 6.0, "p50_above_model_ms": 4.5}]
+    assert serving.summarize("fused", 1, 5, [fast])["stopped_by_duration_cap"]
+
+
 @pytest.mark.parametrize("gpus, workers_per_gpu", [(1, 1), (1, 3), (2, 2)])
 def test_serving_model_config_places_workers_per_gpu(gpus, workers_per_gpu):
     from benchmarks import serving
