@@ -389,15 +389,19 @@ def test_a_batchs_metrics_reach_the_log_as_one_record_of_torchserve_lines(handle
         ("ModelTime", "Milliseconds", "GAUGE"), ("PostprocessTime", "Milliseconds", "GAUGE")]
 
 
-# How the handler would report each of its metrics through TorchServe's metric API.
+# How the handler would report each of its metrics through TorchServe's metric API. Each call gets a list of
+# its own: TorchServe 0.12 adds the ModelName dimension to the API's shared default list, so in a process that
+# served another model first (this test session) the default would carry that model's name. A worker
+# serves one model.
 TORCHSERVE_METRIC_CALLS = {
-    "TokenizeTime": lambda metrics, value: metrics.add_time("TokenizeTime", value),
-    "RealTokens": lambda metrics, value: metrics.add_counter("RealTokens", value),
-    "PaddedTokens": lambda metrics, value: metrics.add_counter("PaddedTokens", value),
-    "PaddingRatio": lambda metrics, value: metrics.add_percent("PaddingRatio", value),
-    "BatchSize": lambda metrics, value: metrics.add_metric("BatchSize", value, "count", metric_type=MetricTypes.GAUGE),
-    "ModelTime": lambda metrics, value: metrics.add_time("ModelTime", value),
-    "PostprocessTime": lambda metrics, value: metrics.add_time("PostprocessTime", value),
+    "TokenizeTime": lambda metrics, value: metrics.add_time("TokenizeTime", value, dimensions=[]),
+    "RealTokens": lambda metrics, value: metrics.add_counter("RealTokens", value, dimensions=[]),
+    "PaddedTokens": lambda metrics, value: metrics.add_counter("PaddedTokens", value, dimensions=[]),
+    "PaddingRatio": lambda metrics, value: metrics.add_percent("PaddingRatio", value, dimensions=[]),
+    "BatchSize": lambda metrics, value: metrics.add_metric("BatchSize", value, "count", dimensions=[],
+                                                           metric_type=MetricTypes.GAUGE),
+    "ModelTime": lambda metrics, value: metrics.add_time("ModelTime", value, dimensions=[]),
+    "PostprocessTime": lambda metrics, value: metrics.add_time("PostprocessTime", value, dimensions=[]),
 }
 
 
