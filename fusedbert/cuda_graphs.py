@@ -120,7 +120,8 @@ class _Graph:
             self.staged.copy_(self.host, non_blocking=True)
             self.uploaded.record()
         else:
-            self.staged.zero_()
+            if (batch_size, seq_len) != (self.bucket.batch_size, self.bucket.seq_len):  # else every value is written
+                self.staged.zero_()
             for row, given in zip(self.staged, inputs):
                 row[:batch_size, :seq_len] = given
 
@@ -254,11 +255,13 @@ def _cost(bucket: Bucket) -> tuple[int, int, int]:
 
 def _check_mask(mask: torch.Tensor) -> tuple[bool, int]:
     """Whether every value is 0 or 1, and the number of ones. A CPU mask (what a tokenizer gives) is read
-    through numpy: a few microseconds instead of the tens that torch's dispatch takes on a tiny tensor."""
+    through numpy: a few microseconds instead of the tens that torch's dispatch takes on a tiny tensor. A
+    GPU mask's two answers come back in one transfer: each read-back waits for the GPU."""
     if mask.device.type == "cpu" and mask.dtype != torch.bfloat16:
         values = mask.numpy()
         return bool(((values == 0) | (values == 1)).all()), int(values.sum())
-    return bool(((mask == 0) | (mask == 1)).all()), int(mask.sum())
+    invalid, ones = torch.stack((((mask != 0) & (mask != 1)).sum(), mask.sum().long())).tolist()
+    return invalid == 0, int(ones)
 
 
 def _as_tuple(outputs) -> tuple[torch.Tensor, ...]:

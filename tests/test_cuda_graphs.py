@@ -51,16 +51,17 @@ def test_bucket_choice_takes_the_fewest_token_rows_that_hold_the_batch():
     assert runner.bucket_for(1, 129, 129) is None
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool, torch.float16, torch.bfloat16],
                          ids=str)
-def test_mask_check_counts_real_tokens_and_catches_other_values(dtype):
-    mask = torch.tensor([[1, 1, 0], [1, 0, 0]]).to(dtype)
+def test_mask_check_counts_real_tokens_and_catches_other_values(dtype, device):
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]], device=device).to(dtype)
     assert _check_mask(mask) == (True, 3)
     assert _check_mask(mask.t()) == (True, 3)  # strided
     if dtype != torch.bool:
-        assert _check_mask(torch.tensor([[1, 2, 0]]).to(dtype))[0] is False
+        assert _check_mask(torch.tensor([[1, 2, 0]], device=device).to(dtype)) == (False, 3)
     if dtype.is_floating_point:
-        assert _check_mask(torch.tensor([[1.0, 0.5]]).to(dtype))[0] is False
+        assert _check_mask(torch.tensor([[1.0, 0.5]], device=device).to(dtype))[0] is False
 
 
 def test_runner_refuses_a_cpu_device():
