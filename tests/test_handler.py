@@ -723,7 +723,7 @@ def graph_batches(mode: str) -> dict[str, list]:
 @pytest.mark.cuda
 @pytest.mark.parametrize("variant", GPU_VARIANTS)
 @pytest.mark.parametrize("mode", ["sequence_classification", "question_answering"])
-def test_graph_outputs_and_answers_equal_the_handler_without_graphs(gpu_handler_pairs, mode, variant):
+def test_graph_outputs_and_answers_equal_the_handler_without_graphs(gpu_handler_pairs, mode, variant, monkeypatch):
     (eager, eager_context), (graphed, context) = gpu_handler_pairs(mode, variant)
     runner = graphed.graph_runner
     assert {r.bucket for r in runner.reports} == set(runner.buckets)  # all captured at load
@@ -733,7 +733,13 @@ def test_graph_outputs_and_answers_equal_the_handler_without_graphs(gpu_handler_
         mask = batch.inputs["attention_mask"]
         bucket = runner.bucket_for(*mask.shape, int(mask.sum()))
         assert (bucket is None) == (name == "fits_no_bucket")
-        for got, expected in zip(graphed.inference(batch), eager.inference(batch), strict=True):
+        synchronizations = []
+        with monkeypatch.context() as patch:
+            synchronize = torch.cuda.synchronize
+            patch.setattr(torch.cuda, "synchronize", lambda *a: (synchronizations.append(a), synchronize(*a)))
+            graphed_outputs = graphed.inference(batch)
+        assert synchronizations == []  # the runner's outputs arrive on the host: it has waited already
+        for got, expected in zip(graphed_outputs, eager.inference(batch), strict=True):
             assert got.shape == expected.shape
             difference = (got - expected).abs()
             if runner.token_level:  # padding positions carry no answer
