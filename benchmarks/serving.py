@@ -22,7 +22,10 @@ and 1.90 ms in a third (docs/benchmarks.md).
 Load: a closed loop of ``concurrency`` clients (aiohttp) sending raw text, each sending its next request
 when its previous one is answered, until the cell's request count is sent or its duration cap passes.
 Each cell is preceded by an unmeasured warm-up of at least ``--warmup-requests`` per worker, so that
-every worker has met many input shapes (allocator caches, cuBLAS heuristics). On Hopper the traced stock
+every worker has met many input shapes (allocator caches, cuBLAS heuristics), and of at least
+``--warmup-seconds``: on an H100 host 64 requests per worker passed in 0.05 s at 64 clients, and the
+first round after them served 30% fewer requests/s than the rounds after it (frontend and workers still
+cold; docs/benchmarks.md). On Hopper the traced stock
 model took tens of ms per batch on shapes it had not met, cuDNN's attention planning each one
 (benchmarks/new_shapes.py); the handler turns cuDNN's attention off in unfused GPU workers since.
 ``--client-processes K`` deals the clients out to K processes kept for the run, for loads past what one
@@ -118,6 +121,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="split each cell's clients over this many processes (default: %(default)s)")
     parser.add_argument("--warmup-requests", type=int, default=64,
                         help="unmeasured requests per worker before each cell, at least 2 per client (default: %(default)s)")
+    parser.add_argument("--warmup-seconds", type=float, default=2.0,
+                        help="the warm-up goes on at least this long (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, help="TorchServe batchSize (default: configs/model-config.yaml's)")
     parser.add_argument("--max-batch-delay", type=int, help="TorchServe maxBatchDelay in ms (default: the config's)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU worker: OMP_NUM_THREADS")
@@ -365,14 +370,21 @@ def serving_targets(records: list[dict], fused_over_stock: dict[str, float]) -> 
             for quantity, measured, at_least, bound in figures]
 
 
+def warm_up(load: LoadGenerator, url: str, token: str, texts, tokens, concurrency: int, requests: int,
+            seconds: float, duration_cap: float) -> None:
+    """Unmeasured load: fills the frontend's and the workers' pools at this concurrency and shows every
+    worker many input shapes; ``requests`` of it at least, and then more until ``seconds`` have passed."""
+    _, elapsed = load.run(url, token, texts, tokens, concurrency, requests, duration_cap)
+    if elapsed < seconds:
+        load.run(url, token, texts, tokens, concurrency, sys.maxsize, seconds - elapsed)
+
+
 def measure_round(server: ts.Server, load: LoadGenerator, system: str, concurrency: int, requests: int, args, texts,
                   tokens, round_index: int) -> Round:
     url = f"{server.urls['inference']}/predictions/{system}"
     token = server.key("inference")
-    # Warm-up, not measured: fills the frontend's and the workers' pools at this concurrency and shows
-    # every worker many input shapes.
-    warmup = max(2 * concurrency, args.warmup_requests * workers(args))
-    load.run(url, token, texts, tokens, concurrency, warmup, args.duration_cap)
+    warm_up(load, url, token, texts, tokens, concurrency, max(2 * concurrency, args.warmup_requests * workers(args)),
+            args.warmup_seconds, args.duration_cap)
     time.sleep(1.0)  # the warm-up's last metric lines, logged just after its last answer, stay out of this round
     log = Path(server.run_dir) / "logs" / "ts_log.log"
     offset = log.stat().st_size
@@ -414,6 +426,7 @@ def run_header(args, config: dict, setups: dict, tokens: list[int], max_length: 
         "token_auth": True, "client": "aiohttp closed loop on the same host (its CPU use competes with the server's)",
         "client_processes": args.client_processes,
         "duration_cap_s": args.duration_cap,
+        "warmup": {"requests_per_worker": args.warmup_requests, "min_seconds": args.warmup_seconds},
         "text_mix": {"texts": len(tokens), "tokens_p10": int(np.percentile(lengths, 10)),
                      "tokens_p50": int(np.percentile(lengths, 50)), "tokens_p90": int(np.percentile(lengths, 90)),
                      "tokens_max": int(lengths.max()), "truncated_share": float(np.mean(lengths >= max_length)),

@@ -72,6 +72,31 @@ def test_serving_record_pools_its_rounds_and_keeps_each_rounds_figures():
     assert serving.summarize("fused", 1, 5, [fast])["stopped_by_duration_cap"]
 
 
+class RecordedLoad:
+    """A LoadGenerator stand-in: records each run's request count and duration cap; every run lasts `seconds`."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.runs = []
+
+    def run(self, url, token, texts, tokens, concurrency, requests, duration_cap):
+        self.runs.append((requests, duration_cap))
+        return [], self.seconds
+
+
+def test_serving_warm_up_goes_on_past_its_requests_until_its_minimum_duration():
+    import sys
+
+    from benchmarks import serving
+
+    fast, slow = RecordedLoad(0.25), RecordedLoad(3.0)
+    for load in (fast, slow):
+        serving.warm_up(load, "url", "token", ["text"], [1], concurrency=4, requests=100, seconds=2.0,
+                        duration_cap=45.0)
+    assert fast.runs == [(100, 45.0), (sys.maxsize, 1.75)]  # then load for the 1.75 s left, however many requests
+    assert slow.runs == [(100, 45.0)]
+
+
 @pytest.mark.parametrize("gpus, workers_per_gpu", [(1, 1), (1, 3), (2, 2)])
 def test_serving_model_config_places_workers_per_gpu(gpus, workers_per_gpu):
     from benchmarks import serving

@@ -11,8 +11,8 @@ def test_serving_benchmark_measures_the_fused_model_beside_its_noop_floor(tmp_pa
     from benchmarks import serving
 
     status = serving.main(["--systems", "fused", "noop", "--concurrency", "1", "4", "--requests", "12",
-                           "--client-processes", "2", "--warmup-requests", "2", "--threads", "1",
-                           "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out")])
+                           "--client-processes", "2", "--warmup-requests", "2", "--warmup-seconds", "0.5",
+                           "--threads", "1", "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out")])
 
     assert status == 0
     [path] = (tmp_path / "out").glob("serving-cpu-*.json")
