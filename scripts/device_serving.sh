@@ -15,7 +15,7 @@
 #
 # Time: unpacking ~15 s; per pass ~1.5-2 min to generate the checkpoint, trace and archive both systems and
 # load them, then 9 cells (fused, stock and the model-less noop x 3 concurrencies; noop's finish in seconds)
-# of at most DURATION_CAP seconds each, each after its warm-up.
+# of at most DURATION_CAP seconds each, each after its warm-up (2 s or more: --warmup-seconds).
 # REQUESTS is high enough that c=16 and c=64 usually finish by count and c=1 stops at the cap. Defaults keep
 # one GPU under ~4 min and --gpus 2 (two passes) under ~6.5 min; override with REQUESTS= / DURATION_CAP=.
 # SERVING_DEVICE=cpu (fp32, one CPU worker) runs the same steps on a host without a GPU: a check of this
