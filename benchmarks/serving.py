@@ -25,9 +25,9 @@ Each cell is preceded by an unmeasured warm-up of at least ``--warmup-requests``
 every worker has met many input shapes (allocator caches, cuBLAS heuristics), and of at least
 ``--warmup-seconds``: on an H100 host 64 requests per worker passed in 0.05 s at 64 clients, and the
 first round after them served 30% fewer requests/s than the rounds after it (frontend and workers still
-cold; docs/benchmarks.md). On Hopper the traced stock
-model took tens of ms per batch on shapes it had not met, cuDNN's attention planning each one
-(benchmarks/new_shapes.py); the handler turns cuDNN's attention off in unfused GPU workers since.
+cold; docs/benchmarks.md). On Hopper the traced stock model took tens of ms per batch on shapes it had not
+met, cuDNN's attention planning each one (benchmarks/new_shapes.py); the handler turns cuDNN's attention
+off in unfused GPU workers since.
 ``--client-processes K`` deals the clients out to K processes kept for the run, for loads past what one
 event loop can send. Texts come from benchmarks/data with token lengths uniform in 8..128 and a 10% tail
 up to twice max_length (truncated to max_length by the handler). Per cell: requests/s, real tokens/s
