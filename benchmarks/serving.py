@@ -292,15 +292,15 @@ class Round:
     batches: list[dict[str, float]]
     counters: dict[str, float]
 
-    @property
-    def latency_p50_ms(self) -> float | None:
-        ok = [r.seconds * 1e3 for r in self.replies if r.status == 200]
-        return float(np.median(ok)) if ok else None
 
-    @property
-    def model_p50_ms(self) -> float | None:
-        model = [b["ModelTime"] for b in self.batches if "ModelTime" in b]
-        return float(np.median(model)) if model else None
+def headline(replies: list[Reply], batches: list[dict[str, float]], wall_s: float) -> dict:
+    """Requests/s answered, the p50 latency of the answers, and what serving adds to the forward pass at the
+    median: that p50 minus the handler's model-time p50 (#9 asks <= 1.5 ms at one client)."""
+    ok_ms = [r.seconds * 1e3 for r in replies if r.status == 200]
+    model_ms = [b["ModelTime"] for b in batches if "ModelTime" in b]
+    latency_p50 = float(np.median(ok_ms)) if ok_ms else None
+    above = latency_p50 - float(np.median(model_ms)) if latency_p50 is not None and model_ms else None
+    return {"requests_per_s": len(ok_ms) / wall_s, "latency_p50_ms": latency_p50, "p50_above_model_ms": above}
 
 
 def summarize(system: str, concurrency: int, planned: int, rounds: list[Round]) -> dict:
@@ -338,8 +338,7 @@ def summarize(system: str, concurrency: int, planned: int, rounds: list[Round]) 
                        "p99": float(np.percentile(latencies_ms, 99)), "mean": float(np.mean(latencies_ms)),
                        "max": float(np.max(latencies_ms))},
         "frontend_queue_ms_mean": queued_us / served / 1e3 if served else None,
-        # What serving adds to the forward pass at the median (#9 asks <= 1.5 ms at one client).
-        "p50_above_model_ms": latency_p50 - p50("ModelTime") if values("ModelTime") else None,
+        "p50_above_model_ms": headline(replies, batches, wall_s)["p50_above_model_ms"],
         "handler": {
             "batches": len(batches),
             "mean_batch_size": float(np.mean(values("BatchSize"))) if values("BatchSize") else None,
@@ -351,10 +350,7 @@ def summarize(system: str, concurrency: int, planned: int, rounds: list[Round]) 
                                     for name in ("TokenizeTime", "ModelTime", "PostprocessTime")
                                     if total["PredictionTime"]},
         },
-        "rounds": [{"requests_per_s": sum(r.status == 200 for r in one.replies) / one.wall_s,
-                    "latency_p50_ms": one.latency_p50_ms,
-                    "p50_above_model_ms": None if one.model_p50_ms is None or one.latency_p50_ms is None
-                    else one.latency_p50_ms - one.model_p50_ms} for one in rounds],
+        "rounds": [headline(one.replies, one.batches, one.wall_s) for one in rounds],
         "loadavg_1m": os.getloadavg()[0],
     }
 
