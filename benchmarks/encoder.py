@@ -260,9 +260,11 @@ def print_table(records: list[dict], floors: list[dict]) -> None:
         rows = sorted((r for r in records if (r["model"], r["dtype"], r["workload"]) == cell), key=lambda r: r["median_ms"])
         for r in rows:
             flag = "" if r["within_tolerance"] else " !"
+            ratio = r["ratio_to_best_peer"]
+            x_best = f"{ratio:>6.2f}x" if ratio is not None else f"{'-':>7}"  # no peer in the run (--systems)
             print(f"{r['model']:<10} {r['dtype']:<5} {r['workload']:<10} {r['system']:<21} {r['median_ms']:>10.3f} "
                   f"{r['p90_ms']:>9.3f} {r['min_ms']:>8.2f}..{r['max_ms']:<8.2f} {r['tokens_per_s']:>11,.0f} "
-                  f"{r['ratio_to_best_peer'] or float('nan'):>6.2f}x {r['floor_share']:>5.0%} {r['peak_share']:>5.0%} {r['max_abs_diff']:>9.2e}{flag}")
+                  f"{x_best} {r['floor_share']:>5.0%} {r['peak_share']:>5.0%} {r['max_abs_diff']:>9.2e}{flag}")
         floor = floor_by_cell.get(cell)
         if floor:
             print(f"{cell[0]:<10} {cell[1]:<5} {cell[2]:<10} {'(gemm floor)':<21} {floor['median_ms']:>10.3f} "

@@ -155,6 +155,19 @@ def test_cuda_targets_are_read_off_the_best_fused_system_of_each_cell():
     assert [v["bound"] for v in verdicts] == ["<= 0.12", ">= 3.2e+06", "<= 0.6", "<= 0.75"]
 
 
+def test_encoder_table_shows_a_dash_where_the_run_had_no_peer(capsys):
+    from benchmarks.encoder import print_table
+
+    row = {"model": "bert-base", "dtype": "fp16", "workload": "bs1x16", "median_ms": 0.4, "p90_ms": 0.5, "min_ms": 0.3,
+           "max_ms": 0.6, "tokens_per_s": 4e4, "floor_share": 0.6, "peak_share": 0.01, "max_abs_diff": 5e-3,
+           "within_tolerance": True}
+    print_table([row | {"system": "fusedbert_graphs", "ratio_to_best_peer": None},
+                 row | {"system": "fusedbert", "ratio_to_best_peer": 1.5, "median_ms": 0.5}], [])
+    lines = {line.split()[3]: line for line in capsys.readouterr().out.splitlines() if line.startswith("bert-base")}
+    assert "nan" not in lines["fusedbert_graphs"] and " - " in lines["fusedbert_graphs"]
+    assert "1.50x" in lines["fusedbert"]
+
+
 def test_new_shape_benchmark_gives_each_system_shapes_no_other_has_met(tmp_path):
     from benchmarks import new_shapes
 
