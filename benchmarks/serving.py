@@ -308,6 +308,7 @@ def summarize(system: str, concurrency: int, planned: int, rounds: list[Round]) 
     replies = [reply for one in rounds for reply in one.replies]
     batches = [batch for one in rounds for batch in one.batches]
     wall_s = sum(one.wall_s for one in rounds)
+    pooled = headline(replies, batches, wall_s)
     ok = [r for r in replies if r.status == 200]
     latencies_ms = np.array([r.seconds * 1e3 for r in ok]) if ok else np.array([np.nan])
     latency_p50 = float(np.percentile(latencies_ms, 50))
@@ -333,12 +334,12 @@ def summarize(system: str, concurrency: int, planned: int, rounds: list[Round]) 
         "requests_sent": len(replies), "stopped_by_duration_cap": any(len(one.replies) < planned for one in rounds),
         "completed": len(ok), "errors": len(replies) - len(ok),
         "errors_by_status": errors, "wall_s": wall_s,
-        "requests_per_s": len(ok) / wall_s, "real_tokens_per_s": sum(r.tokens for r in ok) / wall_s,
+        "requests_per_s": pooled["requests_per_s"], "real_tokens_per_s": sum(r.tokens for r in ok) / wall_s,
         "latency_ms": {"p50": latency_p50, "p90": float(np.percentile(latencies_ms, 90)),
                        "p99": float(np.percentile(latencies_ms, 99)), "mean": float(np.mean(latencies_ms)),
                        "max": float(np.max(latencies_ms))},
         "frontend_queue_ms_mean": queued_us / served / 1e3 if served else None,
-        "p50_above_model_ms": headline(replies, batches, wall_s)["p50_above_model_ms"],
+        "p50_above_model_ms": pooled["p50_above_model_ms"],
         "handler": {
             "batches": len(batches),
             "mean_batch_size": float(np.mean(values("BatchSize"))) if values("BatchSize") else None,
