@@ -44,6 +44,7 @@ FAMILIES = (
     ("embeddings", re.compile(r"embedding|index|native_layer_norm|elementwise|vectorized", re.I)),
 )
 CALLS = 10
+KERNEL_NAME_CHARS = 160  # template arguments make CUTLASS and cuBLASLt names run to kilobytes
 
 
 def family(name: str) -> str:
@@ -74,12 +75,14 @@ def profile_system(forward, batch, device) -> dict:
         wall_s = (time.perf_counter() - start) / CALLS
     gpu_us: dict[str, float] = defaultdict(float)
     launches: dict[str, int] = defaultdict(int)
+    by_name: dict[str, list[float]] = defaultdict(list)
     kernels = []
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA and event.device_time > 0:
             label = family(event.name)
             gpu_us[label] += event.device_time / CALLS
             launches[label] += 1
+            by_name[event.name[:KERNEL_NAME_CHARS]].append(event.device_time)
             kernels.append((event.time_range.start, event.time_range.end))
     busy_ms = sum(gpu_us.values()) / 1e3
     return {
@@ -89,6 +92,10 @@ def profile_system(forward, batch, device) -> dict:
         "gpu_span_ms": gpu_span_ms(kernels),
         "kernels_per_call": sum(launches.values()) / CALLS,
         "gpu_ms_by_family": {k: v / 1e3 for k, v in sorted(gpu_us.items(), key=lambda kv: -kv[1])},
+        # Every kernel (and copy or memset) by name, most GPU time first: which launches make up the count.
+        "kernels": [{"name": name, "family": family(name), "per_call": len(times) / CALLS,
+                     "us_per_call": sum(times) / CALLS, "us_median": statistics.median(times)}
+                    for name, times in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))],
     }
 
 

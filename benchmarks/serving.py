@@ -39,7 +39,10 @@ GPU: the serving host needs Java 11+ for TorchServe's frontend (scripts/device_b
 TorchServe, for a host that has neither; scripts/device_serving.sh runs this there). ``--gpus N`` writes
 deviceIds [0..N-1] and N workers per model into model-config.yaml. On CUDA the fused archive replays CUDA
 graphs (setup_config "cuda_graph_buckets", default_graph_buckets below unless --cuda-graph-buckets);
-the stock archive runs the Hugging Face model as TorchServe's old example did.
+the stock archive runs the Hugging Face model as TorchServe's old example did. Workers sharing a GPU
+(``--workers-per-gpu``) are time-sliced by the driver unless NVIDIA's Multi-Process Service runs; where its
+control daemon answers (scripts/device_serving.sh --mps starts one), the JSON records its servers and
+their clients, and the file name carries ``-mps``.
 
 Writes benchmarks/results/serving-<device>-<device slug>-<YYYYMMDD>.json and a PNG beside it.
 """
@@ -435,6 +438,26 @@ def run_header(args, config: dict, setups: dict, tokens: list[int], max_length: 
     }
 
 
+def mps_servers() -> dict[str, int] | None:
+    """The NVIDIA Multi-Process Service servers on this host, each with its number of client processes;
+    None where no MPS control daemon answers. Started before TorchServe (scripts/device_serving.sh --mps),
+    the daemon runs every later CUDA process's kernels in one server, so that the workers sharing a GPU run
+    side by side instead of time-sliced; its clients should then be the workers (and this process, where it
+    traced on the GPU)."""
+    control = shutil.which("nvidia-cuda-mps-control")
+    if control is None:
+        return None
+
+    def ask(command: str) -> list[str] | None:
+        done = subprocess.run([control], input=command + "\n", capture_output=True, text=True, timeout=10)
+        return done.stdout.split() if done.returncode == 0 else None
+
+    servers = ask("get_server_list")
+    if not servers:
+        return None
+    return {pid: len(ask(f"get_client_list {pid}") or []) for pid in servers}
+
+
 def _version(distribution: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -486,6 +509,7 @@ def main(argv=None) -> int:
                     rounds[system].append(measure_round(server, load, system, concurrency,
                                                         per_concurrency[concurrency], args, texts, tokens, index))
             records += [summarize(system, concurrency, per_concurrency[concurrency], rounds[system]) for system in order]
+        header["mps_servers"] = mps_servers()  # asked while the workers are up: each one is a client then
     finally:
         load.close()
         ts.stop(run_dir)
@@ -507,7 +531,8 @@ def main(argv=None) -> int:
     # can sit side by side.
     batching = "".join(f"-{flag}{value}" for flag, value in (("b", args.batch_size), ("d", args.max_batch_delay))
                        if value is not None)
-    stem = f"serving-{args.device}{gpus}{per_gpu}{batching}-{slug(header['device_name'])}-{date}"
+    mps = "-mps" if header.get("mps_servers") else ""
+    stem = f"serving-{args.device}{gpus}{per_gpu}{batching}{mps}-{slug(header['device_name'])}-{date}"
     (args.out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_serving(result, args.out_dir / f"{stem}.png")
     for name, by_concurrency in ratios.items():
@@ -516,6 +541,8 @@ def main(argv=None) -> int:
     for target in targets:
         measured = None if target["measured"] is None else f"{target['measured']:.3g}"
         print(f"{target['issue']} {target['quantity']} {verdict_text(target, measured)}")
+    if header.get("mps_servers"):
+        print("MPS: " + ", ".join(f"server {pid} with {clients} clients" for pid, clients in header["mps_servers"].items()))
     print(f"wrote {args.out_dir / stem}.json and .png")
     return 0
 

@@ -3,11 +3,16 @@
 # bert-base-shaped checkpoint with random weights (seed 0; generated here once per pass, the same for both
 # archives), tokenizer from the bundle, concurrency 1, 16, 64.
 #
-#   scripts/device_serving.sh [OUT_DIR] [--gpus 2] [more benchmarks.serving flags]
+#   scripts/device_serving.sh [OUT_DIR] [--gpus 2] [--mps] [more benchmarks.serving flags]
 #
 # Run from the repo root after building the extension (python -m pip install --no-build-isolation --no-deps
 # -e .), with .device/serving/ from scripts/device_bundle.sh carried along. OUT_DIR defaults to $OUT.
 # Copies the result JSON and PNG (and TorchServe's logs on failure) into OUT_DIR.
+#
+# --mps: NVIDIA's Multi-Process Service for the run. Its control daemon starts before anything touches the
+# GPU (pipes and logs in /tmp/fusedbert-mps, which the unpacking leaves alone) and quits on exit, so that
+# TorchServe's workers on one GPU run their kernels side by side instead of time-sliced. The GPU's compute
+# mode is left as it is.
 #
 # --gpus 2: two passes, each building its archives and starting its own TorchServe: one worker on GPU 0,
 # then one worker per GPU on GPUs 0 and 1 (model-config deviceIds [0, 1]; the handler takes cuda:{gpu_id}
@@ -27,13 +32,15 @@ if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then
     OUT_DIR=$1
     shift
 fi
-[ -n "$OUT_DIR" ] || { echo "usage: scripts/device_serving.sh OUT_DIR [--gpus N] [benchmarks.serving flags] (or set OUT)" >&2; exit 2; }
+[ -n "$OUT_DIR" ] || { echo "usage: scripts/device_serving.sh OUT_DIR [--gpus N] [--mps] [benchmarks.serving flags] (or set OUT)" >&2; exit 2; }
 GPUS=1
+MPS=0
 EXTRA=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --gpus) GPUS=$2; shift 2 ;;
         --gpus=*) GPUS=${1#--gpus=}; shift ;;
+        --mps) MPS=1; shift ;;
         *) EXTRA+=("$1"); shift ;;
     esac
 done
@@ -51,6 +58,15 @@ DTYPE=fp16
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
 started=$(date +%s)
+
+if [ "$MPS" = 1 ]; then
+    command -v nvidia-cuda-mps-control >/dev/null || { echo "device_serving: --mps, but nvidia-cuda-mps-control is not on PATH" >&2; exit 1; }
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/fusedbert-mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/fusedbert-mps/log
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    nvidia-cuda-mps-control -d || { echo "device_serving: the MPS control daemon did not start" >&2; exit 1; }
+    trap 'echo quit | nvidia-cuda-mps-control' EXIT
+    echo "== MPS control daemon started (pipes in $CUDA_MPS_PIPE_DIRECTORY)"
+fi
 
 echo "== unpacking the bundle"
 # shellcheck source=scripts/device_unpack.sh

@@ -97,6 +97,25 @@ def test_serving_warm_up_goes_on_past_its_requests_until_its_minimum_duration():
     assert slow.runs == [(100, 45.0)]
 
 
+def test_serving_reads_mps_servers_and_their_clients_from_the_control_daemon(tmp_path, monkeypatch):
+    from benchmarks import serving
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert serving.mps_servers() is None  # no nvidia-cuda-mps-control on PATH
+
+    control = tmp_path / "nvidia-cuda-mps-control"
+    # As the control program answers on stdin: server pids one per line; a server's client pids.
+    control.write_text("#!/bin/sh\nread command pid\ncase \"$command\" in\n"
+                       "  get_server_list) printf '4100\\n4200\\n' ;;\n"
+                       "  get_client_list) [ \"$pid\" = 4100 ] && printf '11\\n12\\n13\\n' ;;\n"
+                       "esac\nexit 0\n")
+    control.chmod(0o755)
+    assert serving.mps_servers() == {"4100": 3, "4200": 0}
+
+    control.write_text("#!/bin/sh\necho 'Cannot find MPS control daemon process' >&2\nexit 1\n")
+    assert serving.mps_servers() is None
+
+
 @pytest.mark.parametrize("gpus, workers_per_gpu", [(1, 1), (1, 3), (2, 2)])
 def test_serving_model_config_places_workers_per_gpu(gpus, workers_per_gpu):
     from benchmarks import serving
