@@ -38,8 +38,9 @@ overhead (whole batch minus model).
 GPU: the serving host needs Java 11+ for TorchServe's frontend (scripts/device_bundle.sh packs one, with
 TorchServe, for a host that has neither; scripts/device_serving.sh runs this there). ``--gpus N`` writes
 deviceIds [0..N-1] and N workers per model into model-config.yaml. On CUDA the fused archive replays CUDA
-graphs (setup_config "cuda_graph_buckets", default_graph_buckets below unless --cuda-graph-buckets);
-the stock archive runs the Hugging Face model as TorchServe's old example did. Workers sharing a GPU
+graphs (setup_config "cuda_graph_buckets": "auto", the ladder of fusedbert.cuda_graphs.bucket_ladder for
+batchSize, unless --cuda-graph-buckets); the stock archive runs the Hugging Face model as TorchServe's old
+example did. Workers sharing a GPU
 (``--workers-per-gpu``) are time-sliced by the driver unless NVIDIA's Multi-Process Service runs; where its
 control daemon answers (scripts/device_serving.sh --mps starts one), the JSON records its servers and
 their clients, and the file name carries ``-mps``.
@@ -138,7 +139,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "instead of the config's model_name")
     parser.add_argument("--cuda-graph-buckets", type=json.loads, default=None, metavar="JSON",
                         help='the fused archive\'s "cuda_graph_buckets" on CUDA, e.g. "[[1,128],[16,128,1280]]" '
-                             "(default: a ladder up to batchSize, see default_graph_buckets; [] turns graphs off)")
+                             "(default: \"auto\", fusedbert.cuda_graphs.bucket_ladder for batchSize; [] turns graphs off)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -194,20 +195,6 @@ def archive_model_config(path: Path):
         build_mar.MODEL_CONFIG = shipped
 
 
-def default_graph_buckets(batch_size: int, max_length: int) -> list[list[int]]:
-    """CUDA graph buckets for the serving mix: single requests by length, then batch sizes doubling up to
-    batchSize at full length; from 16 sequences on, a bucket holding the mix's mean (~70 tokens) per
-    sequence beside the full one, so that a typical batch replays a graph of about its real tokens."""
-    buckets = [[1, length] for length in (32, 64) if length < max_length]
-    size = 1
-    while size <= batch_size:
-        buckets.append([size, max_length])
-        if size >= 16:
-            buckets.append([size, max_length, size * 80])
-        size *= 2
-    return buckets
-
-
 def random_checkpoint(shape: str, tokenizer_name: str, directory: Path) -> Path:
     """A BertModel of ``shape`` with random weights (seed 0) and ``tokenizer_name``'s tokenizer, saved."""
     from transformers import BertConfig, BertModel
@@ -242,10 +229,7 @@ def build_archives(args: argparse.Namespace, store: Path, config: dict) -> dict:
             continue
         setups[name] = dict(setup, FasterTransformer=SYSTEMS[name], data_type=args.dtype)
         if args.device == "cuda" and SYSTEMS[name]:
-            buckets = args.cuda_graph_buckets
-            if buckets is None:
-                buckets = default_graph_buckets(int(config["batchSize"]), max_length)
-            setups[name]["cuda_graph_buckets"] = buckets
+            setups[name]["cuda_graph_buckets"] = "auto" if args.cuda_graph_buckets is None else args.cuda_graph_buckets
         setup_path = configs_dir / f"{name}_setup_config.json"
         setup_path.write_text(json.dumps(setups[name], indent=2) + "\n")
         if args.skip_build:

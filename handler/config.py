@@ -56,11 +56,16 @@ def _choice(key: str, value: Any, choices) -> str:
     return value
 
 
-BUCKET_SHAPE = "a list of [batch_size, seq_len] or [batch_size, seq_len, max_tokens] with positive integers"
+BUCKET_SHAPE = ('"auto" or a list of [batch_size, seq_len] or [batch_size, seq_len, max_tokens] with positive '
+                "integers")
+AUTO_BUCKETS = "auto"
 
 
-def _buckets(key: str, value: Any, max_length: int) -> tuple[tuple[int, ...], ...]:
-    """CUDA graph buckets, each within max_length and holding at most batch_size * seq_len tokens."""
+def _buckets(key: str, value: Any, max_length: int) -> tuple[tuple[int, ...], ...] | str:
+    """CUDA graph buckets, each within max_length and holding at most batch_size * seq_len tokens; or "auto"
+    (the handler derives them from TorchServe's batchSize and max_length)."""
+    if value == AUTO_BUCKETS:
+        return value
     if not isinstance(value, list):
         raise _error(key, BUCKET_SHAPE, value)
     buckets = []
@@ -100,7 +105,7 @@ class HandlerConfig:
     max_answer_len: int = 15
     normalize: bool = True
     captum_n_steps: int = 50
-    cuda_graph_buckets: tuple[tuple[int, ...], ...] = ()  # [batch_size, seq_len(, max_tokens)] each
+    cuda_graph_buckets: tuple[tuple[int, ...], ...] | str = ()  # [batch_size, seq_len(, max_tokens)] each, or "auto"
     cuda_graph_warmup: bool = True
     fp8_ffn: bool = False  # "pretrained" mode; a traced model has it from bert_ft_trace.py --fp8_ffn
 

@@ -23,13 +23,13 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 try:  # installed with the fusedbert package
-    from fusedbert_handler.config import ConfigError, HandlerConfig
+    from fusedbert_handler.config import AUTO_BUCKETS, ConfigError, HandlerConfig
     from fusedbert_handler.modes import (
         MODEL_INPUTS, Answer, Example, RequestError, build_mode, decode_payload, integrated_gradients, request_body)
 except ModuleNotFoundError as missing:
     if missing.name != "fusedbert_handler":
         raise
-    from config import ConfigError, HandlerConfig
+    from config import AUTO_BUCKETS, ConfigError, HandlerConfig
     from modes import (
         MODEL_INPUTS, Answer, Example, RequestError, build_mode, decode_payload, integrated_gradients, request_body)
 
@@ -134,7 +134,7 @@ class TransformersFusedHandler(BaseHandler):
             raise ConfigError(f'setup_config.json: "max_length" {config.max_length} is longer than the model\'s '
                               f"max_position_embeddings {max_positions}")
         if config.cuda_graph_buckets:
-            self.graph_runner = self._cuda_graph_runner(model_dir)
+            self.graph_runner = self._cuda_graph_runner(model_dir, int(properties.get("batch_size") or 1))
         self.mode = build_mode(config, self.tokenizer, labels=None)
         if self.mode.uses_labels:
             self.mode.labels = self._label_names(model_dir, model_config)
@@ -191,8 +191,9 @@ class TransformersFusedHandler(BaseHandler):
                               f"in {str(traced_dtype).removeprefix('torch.')}")
         return model.eval()
 
-    def _cuda_graph_runner(self, model_dir: str):
-        """Replays self.model from one CUDA graph per configured bucket; None on a CPU worker."""
+    def _cuda_graph_runner(self, model_dir: str, batch_size: int):
+        """Replays self.model from one CUDA graph per configured bucket (with "auto", the ladder of
+        cuda_graphs.bucket_ladder for TorchServe's batchSize and max_length); None on a CPU worker."""
         if self.device.type != "cuda":
             logger.warning('setup_config.json: "cuda_graph_buckets" and "cuda_graph_warmup" are ignored: this worker '
                            "runs on the CPU")
@@ -200,7 +201,11 @@ class TransformersFusedHandler(BaseHandler):
         cuda_graphs = _fusedbert_file(model_dir, "cuda_graphs.py", '"cuda_graph_buckets"')
         # The model gets the tensors the tokenizer makes: DistilBERT's makes no token_type_ids.
         num_inputs = sum(k in self.tokenizer.model_input_names for k in MODEL_INPUTS)
-        runner = cuda_graphs.CudaGraphRunner(self.model, cuda_graphs.parse_buckets(self.config.cuda_graph_buckets),
+        if self.config.cuda_graph_buckets == AUTO_BUCKETS:
+            buckets = cuda_graphs.bucket_ladder(batch_size, self.config.max_length)
+        else:
+            buckets = cuda_graphs.parse_buckets(self.config.cuda_graph_buckets)
+        runner = cuda_graphs.CudaGraphRunner(self.model, buckets,
                                              self.device, token_level=self.config.mode in PER_TOKEN_OUTPUT_MODES,
                                              num_inputs=num_inputs, outputs_on_host=True)
         if self.config.cuda_graph_warmup:

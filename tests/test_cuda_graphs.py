@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import fusedbert
-from fusedbert.cuda_graphs import Bucket, CudaGraphRunner, _check_mask, gemm_autotuning, parse_buckets
+from fusedbert.cuda_graphs import (
+    LADDER_RUNGS, LADDER_TOKEN_STEP, Bucket, CudaGraphRunner, _check_mask, bucket_ladder, gemm_autotuning, parse_buckets)
 from fusedbert.tasks import TracedTaskModule, load_model
 from parity_support import max_diff_at_real_tokens, random_batch
 
@@ -49,6 +50,33 @@ def test_bucket_choice_takes_the_fewest_token_rows_that_hold_the_batch():
     assert runner.bucket_for(9, 100, 1025) is None  # more real tokens than any capacity
     assert runner.bucket_for(33, 10, 40) is None
     assert runner.bucket_for(1, 129, 129) is None
+
+
+def test_bucket_ladder_steps_token_capacities_below_each_batch_size():
+    ladder = bucket_ladder(16, 128)
+    assert ladder[:6] == [Bucket(1, 32), Bucket(1, 64), Bucket(1, 128), Bucket(2, 128), Bucket(4, 128),
+                          Bucket(4, 128, 256)]
+    assert [b.token_capacity for b in ladder if b.batch_size == 16] == [2048, *range(256, 2048, 256)]
+    # A batch size between powers of two gets its own rung; one position per sequence needs no steps.
+    assert sorted({b.batch_size for b in bucket_ladder(12, 64)}) == [1, 2, 4, 8, 12]
+    assert bucket_ladder(1, 16) == [Bucket(1, 16)]
+    # Long sequences and large batches: coarser steps, never more than LADDER_RUNGS graphs per batch size.
+    wide = bucket_ladder(64, 512)
+    assert max(sum(b.batch_size == size for b in wide) for size in (1, 2, 4, 8, 16, 32, 64)) == LADDER_RUNGS
+    assert [b.token_capacity for b in wide if b.batch_size == 64] == [32768, *range(4096, 32768, 4096)]
+    with pytest.raises(ValueError, match="positive sizes"):
+        bucket_ladder(0, 128)
+
+
+def test_bucket_ladder_holds_every_batch_within_one_step_of_its_real_tokens():
+    runner = CudaGraphRunner.__new__(CudaGraphRunner)  # bucket choice needs no GPU
+    batch_size, seq_len = 12, 128
+    runner.buckets = bucket_ladder(batch_size, seq_len)
+    for size in range(1, batch_size + 1):
+        for longest in (1, 17, 64, 100, 128):
+            for real in range(size, size * longest + 1, 7):
+                bucket = runner.bucket_for(size, longest, real)
+                assert bucket is not None and bucket.token_capacity - real < LADDER_TOKEN_STEP, (size, longest, real)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])

@@ -753,6 +753,18 @@ def test_graph_outputs_and_answers_equal_the_handler_without_graphs(gpu_handler_
 
 
 @pytest.mark.cuda
+def test_auto_buckets_are_the_ladder_for_torchserves_batch_size(minilm_path, tmp_path):
+    from fusedbert.cuda_graphs import bucket_ladder
+
+    directory = write_model_dir(tmp_path, minilm_path, "sequence_classification", "pretrained", True, data_type="fp16",
+                                max_length=64, cuda_graph_buckets="auto", cuda_graph_warmup=False)
+    handler, context = load_handler(directory, gpu_id=GPU_ID)
+    assert context.system_properties["batch_size"] == 8
+    assert set(handler.graph_runner.buckets) == set(bucket_ladder(8, 64))
+    assert run_batch(handler, context, TEXTS).codes == [200] * len(TEXTS)
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("warmup", [True, False])
 def test_cuda_graph_warmup_captures_at_load_or_on_first_batch(minilm_path, tmp_path, caplog, warmup):
     directory = write_model_dir(tmp_path, minilm_path, "question_answering", "pretrained", True, data_type="fp16",

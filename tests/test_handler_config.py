@@ -39,9 +39,9 @@ def test_original_example_config_with_string_values_is_accepted():
     ({"mode": "question_answering", "max_length": 64, "doc_stride": 40}, '"doc_stride" must be smaller than half'),
     ({"mode": "sequence_classification", "num_labels": -1}, '"num_labels" must be an integer >= 0; got -1'),
     ({"mode": "feature_extraction", "cuda_graph_buckets": [1, 16]},
-     '"cuda_graph_buckets" must be a list of [batch_size, seq_len] or [batch_size, seq_len, max_tokens] with '
-     "positive integers; got 1"),
-    ({"mode": "feature_extraction", "cuda_graph_buckets": "[[1, 16]]"}, '"cuda_graph_buckets" must be a list of'),
+     '"cuda_graph_buckets" must be "auto" or a list of [batch_size, seq_len] or [batch_size, seq_len, max_tokens] '
+     "with positive integers; got 1"),
+    ({"mode": "feature_extraction", "cuda_graph_buckets": "[[1, 16]]"}, '"cuda_graph_buckets" must be "auto" or a list of'),
     ({"mode": "feature_extraction", "cuda_graph_buckets": [[1, 16], [8]]}, "positive integers; got [8]"),
     ({"mode": "feature_extraction", "cuda_graph_buckets": [[0, 16]]}, "positive integers; got [0, 16]"),
     ({"mode": "feature_extraction", "cuda_graph_buckets": [[1, "16"]]}, 'positive integers; got [1, "16"]'),
@@ -68,6 +68,7 @@ def test_cuda_graph_keys_are_read():
                                       "cuda_graph_warmup": "false"})
     assert config.cuda_graph_buckets == ((1, 64), (8, 32), (16, 64, 512))
     assert config.cuda_graph_warmup is False
+    assert HandlerConfig.from_dict({"mode": "feature_extraction", "cuda_graph_buckets": "auto"}).cuda_graph_buckets == "auto"
 
 
 def test_cuda_graphs_are_off_by_default_and_warm_up_when_on():
