@@ -124,9 +124,12 @@ def plot_serving(result: dict, output: Path) -> Path:
     rate_axis.set_ylabel("requests / s")
     rate_axis.set_title("throughput")
     batching = header.get("model_config", {})
+    sharing = f", {batching.get('minWorkers')} workers per model" if batching.get("minWorkers", 1) > 1 else ""
+    if header.get("mps_servers"):
+        sharing += ", NVIDIA MPS"
     figure.suptitle(f"TorchServe {header.get('mode')} ({header.get('dtype')}, batchSize {batching.get('batchSize')}, "
-                    f"maxBatchDelay {batching.get('maxBatchDelay')} ms): fused vs stock; noop answers without a model\n"
-                    f"{_label(header)}")
+                    f"maxBatchDelay {batching.get('maxBatchDelay')} ms{sharing})\n"
+                    f"fused vs stock; noop answers without a model\n{_label(header)}")
     figure.tight_layout()
     figure.savefig(output, dpi=110)
     plt.close(figure)
