@@ -40,10 +40,9 @@ TorchServe, for a host that has neither; scripts/device_serving.sh runs this the
 deviceIds [0..N-1] and N workers per model into model-config.yaml. On CUDA the fused archive replays CUDA
 graphs (setup_config "cuda_graph_buckets": "auto", the ladder of fusedbert.cuda_graphs.bucket_ladder for
 batchSize, unless --cuda-graph-buckets); the stock archive runs the Hugging Face model as TorchServe's old
-example did. Workers sharing a GPU
-(``--workers-per-gpu``) are time-sliced by the driver unless NVIDIA's Multi-Process Service runs; where its
-control daemon answers (scripts/device_serving.sh --mps starts one), the JSON records its servers and
-their clients, and the file name carries ``-mps``.
+example did. Workers sharing a GPU (``--workers-per-gpu``) are time-sliced by the driver unless NVIDIA's
+Multi-Process Service runs; where its control daemon answers (scripts/device_serving.sh --mps starts one),
+the JSON records its servers and their clients, and the file name carries ``-mps``.
 
 Writes benchmarks/results/serving-<device>-<device slug>-<YYYYMMDD>.json and a PNG beside it.
 """
