@@ -105,7 +105,9 @@ LayoutPtr column_major(cudaDataType_t dtype, int64_t rows, int64_t cols) {
 // twice the L2 cache, so the weights come from HBM as in the forward, where a layer's weights are evicted
 // by the other layers' before their next use: timed back to back, a GEMM finds its weights in L2 and the
 // choice favors kernels that are fast only then (seen on the H100 at bs1x128: 0.292 ms of GEMMs per
-// forward tuned hot, 0.259 the heuristic's first choice, 0.256 tuned cold). A spin kernel holds the
+// forward tuned hot, 0.259 the heuristic's first choice, 0.256 tuned cold). Reading the input back into
+// L2 after the flush, as the kernel before a GEMM leaves it, changed no forward measurably (H100, bs32 and
+// bs128 var; branch attempt/ln-warp-warm-tune). A spin kernel holds the
 // stream while the runs are queued, so the events time the GPU's work, not the host's launch rate: a
 // graph replay has no launch cost either. The first launch is the warm-up.
 float cold_cache_ms(const std::function<bool()>& launch, const at::Tensor& like) {

@@ -270,7 +270,10 @@ __device__ __forceinline__ void store_e4m3(uint8_t* __restrict__ codes, const Pa
 }
 
 // One block per row, one 16-byte pack per thread, the row held in registers: a single read of y and
-// residual and a single write (two with e4m3 codes: codes[row] = e4m3(y[row] * *code_inverse)).
+// residual and a single write (two with e4m3 codes: codes[row] = e4m3(y[row] * *code_inverse)). A row per
+// warp (8 to a block, no barriers; branch attempt/ln-warp-warm-tune) was no better on an H100: bert-base's
+// 24 LayerNorms took 0.292 against 0.316 ms eager at bs128 var, but 0.320 against 0.316 from graphs, and
+// 0.105 / 0.109 against 0.097 / 0.090 ms at bs32 var.
 template <typename scalar_t>
 __global__ void bias_residual_layernorm_kernel(
     scalar_t* __restrict__ y, const scalar_t* __restrict__ bias, const scalar_t* __restrict__ residual,
