@@ -222,34 +222,56 @@ __device__ __forceinline__ float block_sum(float value) {
   return total;
 }
 
-// The second half of a LayerNorm whose row is spread over the block, one 16-byte pack per thread (`v`,
-// whose values this thread has added into `sum`; threads past the row hold none): mean and centred
-// variance in two passes over registers (the one-pass E[x^2] - E[x]^2 form loses digits on BERT's
-// large-mean activations), then out_row[col...] = (v - mean) * rstd * gamma + beta.
-// Returns what it stored (meaningless where !active).
+// The threads that hold one row of a LayerNorm: the whole block (a row per block), or one warp (a row per
+// warp, no shared memory and no barrier, for narrow rows: see kMaxWarpPacks).
+struct BlockRow {
+  __device__ int64_t row() const { return blockIdx.x; }
+  __device__ int lane() const { return threadIdx.x; }
+  __device__ int lanes() const { return blockDim.x; }
+  __device__ float sum(float value) const { return block_sum(value); }
+};
+
+struct WarpRow {
+  __device__ int64_t row() const { return static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; }
+  __device__ int lane() const { return threadIdx.x % 32; }
+  __device__ int lanes() const { return 32; }
+  __device__ float sum(float value) const {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
+    return value;
+  }
+};
+
+// A row per warp where it takes at most this many 16-byte packs per lane (float16 / bfloat16 rows of up to
+// 512 values: MiniLM's 384), a row per block otherwise. On an H100 at bs128 var from graphs, MiniLM's 12
+// LayerNorms went from 0.142 to 0.101 ms and its embeddings from 0.024 to 0.020 (a block of 64 threads, 48
+// of them with a pack, per row before). At bert-base's 768 (3 packs per lane) a warp per row was no gain:
+// its 24 LayerNorms took 0.292 against 0.316 ms eager at bs128 var, but 0.320 against 0.316 from graphs,
+// and 0.105 / 0.109 against 0.097 / 0.090 ms at bs32 var (branch attempt/ln-warp-warm-tune).
+constexpr int kMaxWarpPacks = 2;
+constexpr int kWarpRowThreads = 256;  // 8 rows per block
+
+// Packs per lane of a row of `width` values spread over a warp: 1 or 2 where a warp takes the row, else 0.
 template <typename scalar_t>
-__device__ __forceinline__ Pack<scalar_t> layernorm_pack_and_store(
-    const float (&v)[kVec<scalar_t>], float sum, bool active, int col, int width, float eps,
-    const scalar_t* __restrict__ gamma, const scalar_t* __restrict__ beta, scalar_t* __restrict__ out_row) {
-  constexpr int V = kVec<scalar_t>;
-  const float mean = block_sum(sum) / width;
-  float squares = 0.0f;
-  if (active) {
-#pragma unroll
-    for (int j = 0; j < V; ++j) squares += (v[j] - mean) * (v[j] - mean);
-  }
-  const float rstd = rsqrtf(block_sum(squares) / width + eps);
-  Pack<scalar_t> out;
-  if (active) {
-    const Pack<scalar_t> g = load_pack(gamma + col);
-    const Pack<scalar_t> bt = load_pack(beta + col);
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-      out.v[j] = static_cast<scalar_t>((v[j] - mean) * rstd * static_cast<float>(g.v[j]) + static_cast<float>(bt.v[j]));
-    }
-    store_pack(out_row + col, out);
-  }
-  return out;
+int warp_row_packs(int64_t width) {
+  const int64_t packs = (width / kVec<scalar_t> + 31) / 32;
+  return packs <= kMaxWarpPacks ? static_cast<int>(packs) : 0;
+}
+
+int64_t warp_row_blocks(int64_t rows) {
+  constexpr int64_t rows_per_block = kWarpRowThreads / 32;
+  return (rows + rows_per_block - 1) / rows_per_block;
+}
+
+int block_row_threads(int64_t packs) {
+  return static_cast<int>((packs + 31) / 32 * 32);
+}
+
+// The column of pack p of this thread's share of a row: packs interleave across the row's threads, so a
+// warp's loads of one pack index are contiguous.
+template <typename scalar_t, typename Row>
+__device__ __forceinline__ int pack_column(const Row& row, int p) {
+  return (p * row.lanes() + row.lane()) * kVec<scalar_t>;
 }
 
 // A pack's values, already rounded to scalar_t, times `inverse` and rounded to e4m3 codes (nearest,
@@ -269,35 +291,72 @@ __device__ __forceinline__ void store_e4m3(uint8_t* __restrict__ codes, const Pa
   *reinterpret_cast<E4m3Pack*>(codes) = out;
 }
 
-// One block per row, one 16-byte pack per thread, the row held in registers: a single read of y and
-// residual and a single write (two with e4m3 codes: codes[row] = e4m3(y[row] * *code_inverse)). A row per
-// warp (8 to a block, no barriers; branch attempt/ln-warp-warm-tune) was no better on an H100: bert-base's
-// 24 LayerNorms took 0.292 against 0.316 ms eager at bs128 var, but 0.320 against 0.316 from graphs, and
-// 0.105 / 0.109 against 0.097 / 0.090 ms at bs32 var.
-template <typename scalar_t>
+// The second half of a LayerNorm whose row is spread over `row`'s threads, kPacks 16-byte packs per thread
+// at pack_column() (`v`, whose values this thread has added into `sum`; packs at or past `width` hold
+// none): mean and centred variance in two passes over registers (the one-pass E[x^2] - E[x]^2 form loses
+// digits on BERT's large-mean activations), then out_row[col...] = (v - mean) * rstd * gamma + beta, and
+// into codes_row as e4m3(out * *code_inverse) when codes_row is given.
+template <typename scalar_t, int kPacks, typename Row>
+__device__ __forceinline__ void layernorm_and_store(
+    const float (&v)[kPacks][kVec<scalar_t>], float sum, const Row& row, int width, float eps,
+    const scalar_t* __restrict__ gamma, const scalar_t* __restrict__ beta, scalar_t* __restrict__ out_row,
+    uint8_t* __restrict__ codes_row = nullptr, const float* __restrict__ code_inverse = nullptr) {
+  constexpr int V = kVec<scalar_t>;
+  const float mean = row.sum(sum) / width;
+  float squares = 0.0f;
+#pragma unroll
+  for (int p = 0; p < kPacks; ++p) {
+    if (pack_column<scalar_t>(row, p) >= width) continue;
+#pragma unroll
+    for (int j = 0; j < V; ++j) squares += (v[p][j] - mean) * (v[p][j] - mean);
+  }
+  const float rstd = rsqrtf(row.sum(squares) / width + eps);
+#pragma unroll
+  for (int p = 0; p < kPacks; ++p) {
+    const int col = pack_column<scalar_t>(row, p);
+    if (col >= width) continue;
+    const Pack<scalar_t> g = load_pack(gamma + col);
+    const Pack<scalar_t> bt = load_pack(beta + col);
+    Pack<scalar_t> out;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      out.v[j] = static_cast<scalar_t>((v[p][j] - mean) * rstd * static_cast<float>(g.v[j]) + static_cast<float>(bt.v[j]));
+    }
+    store_pack(out_row + col, out);
+    if (codes_row != nullptr) store_e4m3(codes_row + col, out, *code_inverse);
+  }
+}
+
+// y[row] = LayerNorm(y[row] + bias + residual[row]), the row held in registers: a single read of y and
+// residual and a single write (two with e4m3 codes: codes[row] = e4m3(y[row] * *code_inverse)).
+template <typename scalar_t, int kPacks, typename Row>
 __global__ void bias_residual_layernorm_kernel(
     scalar_t* __restrict__ y, const scalar_t* __restrict__ bias, const scalar_t* __restrict__ residual,
-    const scalar_t* __restrict__ gamma, const scalar_t* __restrict__ beta, int width, float eps,
+    const scalar_t* __restrict__ gamma, const scalar_t* __restrict__ beta, int64_t rows, int width, float eps,
     uint8_t* __restrict__ codes, const float* __restrict__ code_inverse) {
   allow_dependent_grids();  // the next GEMM may start loading its weights
   constexpr int V = kVec<scalar_t>;
-  const int64_t offset = static_cast<int64_t>(blockIdx.x) * width;
-  const int col = threadIdx.x * V;
-  const bool active = col < width;
-  float v[V];
+  const Row row;
+  const int64_t r = row.row();
+  if (r >= rows) return;  // a warp past the last row; never a thread of a row, so reductions stay whole
+  const int64_t offset = r * width;
+  float v[kPacks][V];
   float sum = 0.0f;
-  if (active) {
+#pragma unroll
+  for (int p = 0; p < kPacks; ++p) {
+    const int col = pack_column<scalar_t>(row, p);
+    if (col >= width) continue;
     const Pack<scalar_t> a = load_pack(y + offset + col);
-    const Pack<scalar_t> r = load_pack(residual + offset + col);
+    const Pack<scalar_t> res = load_pack(residual + offset + col);
     const Pack<scalar_t> b = load_pack(bias + col);
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      v[j] = static_cast<float>(a.v[j]) + static_cast<float>(b.v[j]) + static_cast<float>(r.v[j]);
-      sum += v[j];
+      v[p][j] = static_cast<float>(a.v[j]) + static_cast<float>(b.v[j]) + static_cast<float>(res.v[j]);
+      sum += v[p][j];
     }
   }
-  const Pack<scalar_t> out = layernorm_pack_and_store<scalar_t>(v, sum, active, col, width, eps, gamma, beta, y + offset);
-  if (codes != nullptr && active) store_e4m3(codes + offset + col, out, *code_inverse);
+  layernorm_and_store<scalar_t>(v, sum, row, width, eps, gamma, beta, y + offset,
+                                codes != nullptr ? codes + offset : nullptr, code_inverse);
 }
 
 // ---- embeddings -------------------------------------------------------------------------------------
@@ -320,30 +379,38 @@ IndexView index_view(const at::Tensor& ids, const at::Tensor& table) {
   return {ids.const_data_ptr<int64_t>(), ids.stride(0), ids.stride(1), table.size(0)};
 }
 
-// One block per token: its word, token type and position rows added in float, one 16-byte pack per
-// thread, then normalized as above: three row reads and one write per token, no intermediate tensors.
-template <typename scalar_t>
+// A token per row of threads (a warp or a block, as for the LayerNorm above): its word, token type and
+// position rows added in float, kPacks 16-byte packs per thread, then normalized: three row reads and one
+// write per token, no intermediate tensors.
+template <typename scalar_t, int kPacks, typename Row>
 __global__ void embeddings_kernel(
-    IndexView ids, IndexView token_types, IndexView positions, int64_t seq_len, const scalar_t* __restrict__ word,
-    const scalar_t* __restrict__ token_type, const scalar_t* __restrict__ position, const scalar_t* __restrict__ gamma,
-    const scalar_t* __restrict__ beta, scalar_t* __restrict__ out, int width, float eps) {
+    IndexView ids, IndexView token_types, IndexView positions, int64_t tokens, int64_t seq_len,
+    const scalar_t* __restrict__ word, const scalar_t* __restrict__ token_type, const scalar_t* __restrict__ position,
+    const scalar_t* __restrict__ gamma, const scalar_t* __restrict__ beta, scalar_t* __restrict__ out, int width,
+    float eps) {
   constexpr int V = kVec<scalar_t>;
-  const int64_t token = blockIdx.x, b = token / seq_len, s = token % seq_len;
-  const int col = threadIdx.x * V;
-  const bool active = col < width;
-  float v[V];
+  const Row row;
+  const int64_t token = row.row();
+  if (token >= tokens) return;  // a warp past the last token
+  const int64_t b = token / seq_len, s = token % seq_len;
+  const int64_t word_row = ids.row(b, s) * width, type_row = token_types.row(b, s) * width;
+  const int64_t position_row = positions.row(b, s) * width;
+  float v[kPacks][V];
   float sum = 0.0f;
-  if (active) {
-    const Pack<scalar_t> w = load_pack(word + ids.row(b, s) * width + col);
-    const Pack<scalar_t> t = load_pack(token_type + token_types.row(b, s) * width + col);
-    const Pack<scalar_t> p = load_pack(position + positions.row(b, s) * width + col);
+#pragma unroll
+  for (int p = 0; p < kPacks; ++p) {
+    const int col = pack_column<scalar_t>(row, p);
+    if (col >= width) continue;
+    const Pack<scalar_t> w = load_pack(word + word_row + col);
+    const Pack<scalar_t> t = load_pack(token_type + type_row + col);
+    const Pack<scalar_t> pos = load_pack(position + position_row + col);
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      v[j] = static_cast<float>(w.v[j]) + static_cast<float>(t.v[j]) + static_cast<float>(p.v[j]);
-      sum += v[j];
+      v[p][j] = static_cast<float>(w.v[j]) + static_cast<float>(t.v[j]) + static_cast<float>(pos.v[j]);
+      sum += v[p][j];
     }
   }
-  layernorm_pack_and_store<scalar_t>(v, sum, active, col, width, eps, gamma, beta, out + token * width);
+  layernorm_and_store<scalar_t>(v, sum, row, width, eps, gamma, beta, out + token * width);
 }
 
 template <typename scalar_t>
@@ -488,12 +555,19 @@ void bias_residual_layernorm_(
                          (codes.codes == nullptr || pack_aligned<uint8_t>(*codes.codes));
     TORCH_CHECK(width % V == 0 && width / V <= 1024 && aligned, "fusedbert::encoder (CUDA): the hidden size must be a "
                 "multiple of ", V, " and at most ", 1024 * V, " with 16-byte aligned buffers; got ", width);
-    const int threads = static_cast<int>((width / V + 31) / 32 * 32);
-    bias_residual_layernorm_kernel<scalar_t><<<rows, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        y.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), residual.data_ptr<scalar_t>(), gamma.data_ptr<scalar_t>(),
-        beta.data_ptr<scalar_t>(), static_cast<int>(width), static_cast<float>(eps),
-        codes.codes ? static_cast<uint8_t*>(codes.codes->data_ptr()) : nullptr, codes.inverse);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    auto launch = [&](auto kernel, int64_t blocks, int threads) {
+      kernel<<<blocks, threads, 0, stream>>>(
+          y.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), residual.data_ptr<scalar_t>(), gamma.data_ptr<scalar_t>(),
+          beta.data_ptr<scalar_t>(), rows, static_cast<int>(width), static_cast<float>(eps),
+          codes.codes ? static_cast<uint8_t*>(codes.codes->data_ptr()) : nullptr, codes.inverse);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    switch (warp_row_packs<scalar_t>(width)) {
+      case 1: return launch(bias_residual_layernorm_kernel<scalar_t, 1, WarpRow>, warp_row_blocks(rows), kWarpRowThreads);
+      case 2: return launch(bias_residual_layernorm_kernel<scalar_t, 2, WarpRow>, warp_row_blocks(rows), kWarpRowThreads);
+      default: return launch(bias_residual_layernorm_kernel<scalar_t, 1, BlockRow>, rows, block_row_threads(width / V));
+    }
   });
 }
 
@@ -510,13 +584,21 @@ void embeddings(const EmbeddingIndices& indices, const at::Tensor& word, const a
                          pack_aligned<scalar_t>(beta) && pack_aligned<scalar_t>(out);
     TORCH_CHECK(width % V == 0 && width / V <= 1024 && aligned, "fusedbert::embeddings (CUDA): the embedding width "
                 "must be a multiple of ", V, " and at most ", 1024 * V, " with 16-byte aligned tables; got ", width);
-    const int threads = static_cast<int>((width / V + 31) / 32 * 32);
-    embeddings_kernel<scalar_t><<<indices.batch * indices.seq_len, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        index_view(indices.input_ids, word), index_view(indices.token_type_ids, token_type),
-        index_view(indices.position_ids, position), indices.seq_len, word.const_data_ptr<scalar_t>(),
-        token_type.const_data_ptr<scalar_t>(), position.const_data_ptr<scalar_t>(), gamma.const_data_ptr<scalar_t>(),
-        beta.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), static_cast<int>(width), static_cast<float>(eps));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int64_t tokens = indices.batch * indices.seq_len;
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    auto launch = [&](auto kernel, int64_t blocks, int threads) {
+      kernel<<<blocks, threads, 0, stream>>>(
+          index_view(indices.input_ids, word), index_view(indices.token_type_ids, token_type),
+          index_view(indices.position_ids, position), tokens, indices.seq_len, word.const_data_ptr<scalar_t>(),
+          token_type.const_data_ptr<scalar_t>(), position.const_data_ptr<scalar_t>(), gamma.const_data_ptr<scalar_t>(),
+          beta.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), static_cast<int>(width), static_cast<float>(eps));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    switch (warp_row_packs<scalar_t>(width)) {
+      case 1: return launch(embeddings_kernel<scalar_t, 1, WarpRow>, warp_row_blocks(tokens), kWarpRowThreads);
+      case 2: return launch(embeddings_kernel<scalar_t, 2, WarpRow>, warp_row_blocks(tokens), kWarpRowThreads);
+      default: return launch(embeddings_kernel<scalar_t, 1, BlockRow>, tokens, block_row_threads(width / V));
+    }
   });
 }
 
