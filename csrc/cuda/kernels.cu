@@ -12,6 +12,7 @@
 
 #include <climits>
 #include <cstdint>
+#include <type_traits>
 
 namespace fusedbert::cuda {
 namespace {
@@ -289,6 +290,40 @@ __device__ __forceinline__ int pack_column(const Row& row, int p) {
   return (p * row.lanes() + row.lane()) * kVec<scalar_t>;
 }
 
+// The first half of a LayerNorm's row: v = a + b + c in float, over this thread's packs of the row (those
+// at or past `width` are left unset); returns the sum of what it set. a, b and c point at the row's start.
+template <typename scalar_t, int kPacks, typename Row>
+__device__ __forceinline__ float add_rows(
+    float (&v)[kPacks][kVec<scalar_t>], const Row& row, int width, const scalar_t* __restrict__ a,
+    const scalar_t* __restrict__ b, const scalar_t* __restrict__ c) {
+  float sum = 0.0f;
+#pragma unroll
+  for (int p = 0; p < kPacks; ++p) {
+    const int col = pack_column<scalar_t>(row, p);
+    if (col >= width) continue;
+    const Pack<scalar_t> x = load_pack(a + col), y = load_pack(b + col), z = load_pack(c + col);
+#pragma unroll
+    for (int j = 0; j < kVec<scalar_t>; ++j) {
+      v[p][j] = static_cast<float>(x.v[j]) + static_cast<float>(y.v[j]) + static_cast<float>(z.v[j]);
+      sum += v[p][j];
+    }
+  }
+  return sum;
+}
+
+// Launches launch(packs, row, blocks, threads) with the layout for `rows` rows of `width` values: a row per
+// warp or per block (kMaxWarpPacks), `packs` a std::integral_constant of the packs per thread and `row` a
+// WarpRow or a BlockRow, for the kernel's template arguments.
+template <typename scalar_t, typename Launch>
+void launch_rows(int64_t rows, int64_t width, Launch&& launch) {
+  switch (warp_row_packs<scalar_t>(width)) {
+    case 1: return launch(std::integral_constant<int, 1>{}, WarpRow{}, warp_row_blocks(rows), kWarpRowThreads);
+    case 2: return launch(std::integral_constant<int, 2>{}, WarpRow{}, warp_row_blocks(rows), kWarpRowThreads);
+    default:
+      return launch(std::integral_constant<int, 1>{}, BlockRow{}, rows, block_row_threads(width / kVec<scalar_t>));
+  }
+}
+
 // A pack's values, already rounded to scalar_t, times `inverse` and rounded to e4m3 codes (nearest,
 // saturating at +-448): the FP8 FFN's input as fusedbert.reference.fp8_ffn rounds it.
 template <typename scalar_t>
@@ -356,20 +391,7 @@ __global__ void bias_residual_layernorm_kernel(
   if (r >= rows) return;  // a warp past the last row; never a thread of a row, so reductions stay whole
   const int64_t offset = r * width;
   float v[kPacks][V];
-  float sum = 0.0f;
-#pragma unroll
-  for (int p = 0; p < kPacks; ++p) {
-    const int col = pack_column<scalar_t>(row, p);
-    if (col >= width) continue;
-    const Pack<scalar_t> a = load_pack(y + offset + col);
-    const Pack<scalar_t> res = load_pack(residual + offset + col);
-    const Pack<scalar_t> b = load_pack(bias + col);
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-      v[p][j] = static_cast<float>(a.v[j]) + static_cast<float>(b.v[j]) + static_cast<float>(res.v[j]);
-      sum += v[p][j];
-    }
-  }
+  const float sum = add_rows<scalar_t>(v, row, width, y + offset, bias, residual + offset);
   layernorm_and_store<scalar_t>(v, sum, row, width, eps, gamma, beta, y + offset,
                                 codes != nullptr ? codes + offset : nullptr, code_inverse);
 }
@@ -408,23 +430,10 @@ __global__ void embeddings_kernel(
   const int64_t token = row.row();
   if (token >= tokens) return;  // a warp past the last token
   const int64_t b = token / seq_len, s = token % seq_len;
-  const int64_t word_row = ids.row(b, s) * width, type_row = token_types.row(b, s) * width;
-  const int64_t position_row = positions.row(b, s) * width;
   float v[kPacks][V];
-  float sum = 0.0f;
-#pragma unroll
-  for (int p = 0; p < kPacks; ++p) {
-    const int col = pack_column<scalar_t>(row, p);
-    if (col >= width) continue;
-    const Pack<scalar_t> w = load_pack(word + word_row + col);
-    const Pack<scalar_t> t = load_pack(token_type + type_row + col);
-    const Pack<scalar_t> pos = load_pack(position + position_row + col);
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-      v[p][j] = static_cast<float>(w.v[j]) + static_cast<float>(t.v[j]) + static_cast<float>(pos.v[j]);
-      sum += v[p][j];
-    }
-  }
+  const float sum = add_rows<scalar_t>(v, row, width, word + ids.row(b, s) * width,
+                                       token_type + token_types.row(b, s) * width,
+                                       position + positions.row(b, s) * width);
   layernorm_and_store<scalar_t>(v, sum, row, width, eps, gamma, beta, out + token * width);
 }
 
@@ -572,19 +581,15 @@ void bias_residual_layernorm_(
                          (codes.codes == nullptr || pack_aligned<uint8_t>(*codes.codes));
     TORCH_CHECK(width % V == 0 && width / V <= 1024 && aligned, "fusedbert::encoder (CUDA): the hidden size must be a "
                 "multiple of ", V, " and at most ", 1024 * V, " with 16-byte aligned buffers; got ", width);
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    auto launch = [&](auto kernel, int64_t blocks, int threads) {
-      kernel<<<blocks, threads, 0, stream>>>(
-          y.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), residual.data_ptr<scalar_t>(), gamma.data_ptr<scalar_t>(),
-          beta.data_ptr<scalar_t>(), rows, static_cast<int>(width), static_cast<float>(eps),
-          codes.codes ? static_cast<uint8_t*>(codes.codes->data_ptr()) : nullptr, codes.inverse);
+    launch_rows<scalar_t>(rows, width, [&](auto packs, auto row, int64_t blocks, int threads) {
+      bias_residual_layernorm_kernel<scalar_t, decltype(packs)::value, decltype(row)>
+          <<<blocks, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              y.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), residual.data_ptr<scalar_t>(),
+              gamma.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(), rows, static_cast<int>(width),
+              static_cast<float>(eps), codes.codes ? static_cast<uint8_t*>(codes.codes->data_ptr()) : nullptr,
+              codes.inverse);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    switch (warp_row_packs<scalar_t>(width)) {
-      case 1: return launch(bias_residual_layernorm_kernel<scalar_t, 1, WarpRow>, warp_row_blocks(rows), kWarpRowThreads);
-      case 2: return launch(bias_residual_layernorm_kernel<scalar_t, 2, WarpRow>, warp_row_blocks(rows), kWarpRowThreads);
-      default: return launch(bias_residual_layernorm_kernel<scalar_t, 1, BlockRow>, rows, block_row_threads(width / V));
-    }
+    });
   });
 }
 
@@ -602,20 +607,16 @@ void embeddings(const EmbeddingIndices& indices, const at::Tensor& word, const a
     TORCH_CHECK(width % V == 0 && width / V <= 1024 && aligned, "fusedbert::embeddings (CUDA): the embedding width "
                 "must be a multiple of ", V, " and at most ", 1024 * V, " with 16-byte aligned tables; got ", width);
     const int64_t tokens = indices.batch * indices.seq_len;
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    auto launch = [&](auto kernel, int64_t blocks, int threads) {
-      kernel<<<blocks, threads, 0, stream>>>(
-          index_view(indices.input_ids, word), index_view(indices.token_type_ids, token_type),
-          index_view(indices.position_ids, position), tokens, indices.seq_len, word.const_data_ptr<scalar_t>(),
-          token_type.const_data_ptr<scalar_t>(), position.const_data_ptr<scalar_t>(), gamma.const_data_ptr<scalar_t>(),
-          beta.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), static_cast<int>(width), static_cast<float>(eps));
+    launch_rows<scalar_t>(tokens, width, [&](auto packs, auto row, int64_t blocks, int threads) {
+      embeddings_kernel<scalar_t, decltype(packs)::value, decltype(row)>
+          <<<blocks, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              index_view(indices.input_ids, word), index_view(indices.token_type_ids, token_type),
+              index_view(indices.position_ids, position), tokens, indices.seq_len, word.const_data_ptr<scalar_t>(),
+              token_type.const_data_ptr<scalar_t>(), position.const_data_ptr<scalar_t>(),
+              gamma.const_data_ptr<scalar_t>(), beta.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+              static_cast<int>(width), static_cast<float>(eps));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    switch (warp_row_packs<scalar_t>(width)) {
-      case 1: return launch(embeddings_kernel<scalar_t, 1, WarpRow>, warp_row_blocks(tokens), kWarpRowThreads);
-      case 2: return launch(embeddings_kernel<scalar_t, 2, WarpRow>, warp_row_blocks(tokens), kWarpRowThreads);
-      default: return launch(embeddings_kernel<scalar_t, 1, BlockRow>, tokens, block_row_threads(width / V));
-    }
+    });
   });
 }
 
