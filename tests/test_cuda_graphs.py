@@ -175,6 +175,23 @@ def test_outputs_on_host_are_the_replays_own_and_the_callers(minilm_path):
 
 
 @pytest.mark.cuda
+def test_inputs_on_the_gpu_replay_as_inputs_on_the_host(minilm_path):
+    # The graph uploads its inputs from pinned host memory; inputs on the GPU are copied down into it first.
+    # A shorter batch after a longer one must not see the longer one's tokens past its own.
+    task = fused_task(minilm_path, torch.float16)
+    runner = CudaGraphRunner(last_hidden(task), [Bucket(4, 32)], DEVICE, token_level=True)
+    for lengths, seed in (([30, 12, 7], 1), ([5, 3], 2)):
+        batch = random_batch(VOCAB, lengths, seed=seed)
+        from_gpu = runner(*as_inputs(batch, DEVICE))[0]
+        from_host = runner(*as_inputs(batch))[0]
+        assert torch.equal(from_gpu, from_host)
+        with torch.no_grad():
+            expected = last_hidden(task)(*as_inputs(batch, DEVICE))
+        assert max_diff_at_real_tokens(from_gpu, expected, batch["attention_mask"].to(DEVICE)) <= TOLERANCE[torch.float16]
+    assert len(runner.reports) == 1
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("outputs_on_host", [False, True], ids=["device_outputs", "host_outputs"])
 def test_batch_fitting_no_bucket_runs_eagerly(minilm_path, outputs_on_host):
     task = fused_task(minilm_path, torch.float32)
