@@ -41,6 +41,9 @@ class FusedBertEmbeddings(nn.Module):
         self.position_embeddings = hf_embeddings.position_embeddings
         self.LayerNorm = hf_embeddings.LayerNorm
         self.register_buffer("position_ids", hf_embeddings.position_ids, persistent=False)  # [1, max_positions]
+        # Token types default to zeros: a slice of this buffer, as Hugging Face's module keeps one, rather than
+        # a new tensor per call, which on the GPU is a fill kernel (one more node in a CUDA graph).
+        self.register_buffer("token_type_ids", torch.zeros_like(hf_embeddings.position_ids), persistent=False)
         counts_after_padding = hasattr(type(hf_embeddings), "create_position_ids_from_input_ids")
         self.positions_after_padding = type(hf_embeddings) if counts_after_padding else None
         self.padding_idx = getattr(hf_embeddings, "padding_idx", None)
@@ -58,7 +61,7 @@ class FusedBertEmbeddings(nn.Module):
         if position_ids is None:
             position_ids = self._default_position_ids(input_ids, inputs_embeds, offset, seq_len)
         if token_type_ids is None:
-            token_type_ids = torch.zeros_like(position_ids)
+            token_type_ids = self.token_type_ids[:, :seq_len]
         args = (token_type_ids, position_ids, self.word_embeddings.weight, self.token_type_embeddings.weight,
                 self.position_embeddings.weight, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps)
         if inputs_embeds is not None:
