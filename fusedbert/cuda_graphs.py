@@ -143,7 +143,7 @@ class _Graph:
 
     def stage(self, inputs: Sequence[torch.Tensor]) -> None:
         """Writes the batch into `host`, zero-padded to the bucket (mask 0 = padding), once the last replay's
-        copy has read it. Inputs on the GPU go down into it (queued before the replay, so no wait)."""
+        copy has read it. Inputs on the GPU are copied into it on the stream, ahead of the replay's upload."""
         batch_size, seq_len = inputs[0].shape
         self.uploaded.synchronize()
         self.host_array.fill(0)
