@@ -123,17 +123,36 @@ class CaptureReport:
     pool_bytes: int  # growth of the memory reserved by the caching allocator during this capture
 
 
+class _PinnedHostMemory:
+    """What torch.as_tensor reads to see a contiguous int64 pinned host tensor as CUDA memory."""
+
+    def __init__(self, host: torch.Tensor):
+        if host.dtype != torch.long or not host.is_contiguous() or not host.is_pinned():
+            raise ValueError("expected a contiguous, pinned int64 host tensor")
+        self.__cuda_array_interface__ = {"shape": tuple(host.shape), "strides": None, "typestr": "<i8",
+                                         "data": (host.data_ptr(), False), "version": 3}
+
+
+def pinned_on_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CUDA tensor over pinned host memory: with unified addressing the GPU reads the host buffer through
+    the same address, over the bus. ``host`` must outlive it."""
+    return torch.as_tensor(_PinnedHostMemory(host), device=device)
+
+
 class _Graph:
     def __init__(self, bucket: Bucket, num_inputs: int, device: torch.device):
         self.bucket = bucket
-        shape = (num_inputs, bucket.batch_size, bucket.seq_len)
-        # The graph's first node copies `host` into `staged`, the inputs the forward reads: a batch costs one
-        # launch, and the host writes its inputs through numpy, with no torch call before the replay. A copy
-        # issued before each replay cost 8-26 us a call at one sequence on an H100 (bert-base bs1 x 16: 0.452
-        # -> 0.433 ms; MiniLM: 0.160 -> 0.151 ms; docs/benchmarks.md).
-        self.staged = torch.zeros(shape, dtype=torch.long, device=device)
-        self.host = torch.zeros(shape, dtype=torch.long, pin_memory=True)
+        # The graph's first kernel copies `host` into `staged`, the inputs the forward reads: a batch costs
+        # one launch, and the host writes its inputs through numpy, with no torch call before the replay.
+        # `host` is laid out [batch, seq_len, input] and `staged` [input, batch, seq_len], so that the copy
+        # is a transposing kernel reading pinned memory, not a copy-engine node. On an H100, in one process:
+        # a copy issued before each replay cost 8-26 us more a call at one sequence than a copy node in the
+        # graph (bert-base bs1 x 16: 0.452 -> 0.433 ms), and the copy node 3-14 us more than this kernel
+        # (0.378 -> 0.374 ms; bs16 var 0.768 -> 0.753; docs/benchmarks.md).
+        self.staged = torch.zeros((num_inputs, bucket.batch_size, bucket.seq_len), dtype=torch.long, device=device)
+        self.host = torch.zeros((bucket.batch_size, bucket.seq_len, num_inputs), dtype=torch.long, pin_memory=True)
         self.host_array = self.host.numpy()
+        self.host_on_device = pinned_on_device(self.host, device)
         # Recorded inside the graph, after the copy: a replay's inputs are read and `host` is free for the next
         # batch while the rest of the graph runs, so the host can stage that batch meanwhile.
         self.uploaded = torch.cuda.Event(external=True)
@@ -141,17 +160,22 @@ class _Graph:
         self.host_outputs: tuple[torch.Tensor, ...] = ()  # pinned copies' destinations (outputs_on_host)
         self.graph = torch.cuda.CUDAGraph()
 
+    def upload(self) -> None:
+        """Inside the capture: the graph's own copy of its inputs."""
+        self.staged.copy_(self.host_on_device.permute(2, 0, 1))
+        self.uploaded.record()
+
     def stage(self, inputs: Sequence[torch.Tensor]) -> None:
         """Writes the batch into `host`, zero-padded to the bucket (mask 0 = padding), once the last replay's
         copy has read it. Inputs on the GPU are copied into it on the stream, ahead of the replay's upload."""
         batch_size, seq_len = inputs[0].shape
         self.uploaded.synchronize()
         self.host_array.fill(0)
-        for row, array, given in zip(self.host, self.host_array, inputs):
+        for index, given in enumerate(inputs):
             if given.device.type == "cpu":
-                array[:batch_size, :seq_len] = given.numpy()
+                self.host_array[:batch_size, :seq_len, index] = given.numpy()
             else:
-                row[:batch_size, :seq_len].copy_(given, non_blocking=True)
+                self.host[:batch_size, :seq_len, index].copy_(given, non_blocking=True)
 
 
 class CudaGraphRunner:
@@ -246,6 +270,7 @@ class CudaGraphRunner:
 
     def _capture(self, bucket: Bucket) -> _Graph:
         graph = _Graph(bucket, self.num_inputs, self.device)
+        graph.upload()  # once before the capture, as the warm-up runs below do for the forward's kernels
         inputs = list(graph.staged.unbind(0))
         # Warm up with exactly token_capacity real tokens: the GEMM shapes the capture will use.
         inputs[1].view(-1)[:bucket.token_capacity] = 1
@@ -261,8 +286,7 @@ class CudaGraphRunner:
         reserved = torch.cuda.memory_reserved(self.device)
         with torch.inference_mode(), _op_setting("set_capture_token_capacity", bucket.token_capacity), \
                 torch.cuda.graph(graph.graph, pool=self._pool):
-            graph.staged.copy_(graph.host, non_blocking=True)
-            graph.uploaded.record()
+            graph.upload()
             outputs = _as_tuple(self.forward(*inputs))
             # A strided output (QA's start and end logits, split from one tensor) is made whole inside the
             # graph, so that its rows go to the host in one plain copy.

@@ -150,6 +150,21 @@ def test_ffn_gemm_benchmark_times_every_kernel_of_each_gemm(tmp_path):
         assert all(us > 0 for us in record["us_per_call"].values())
 
 
+@pytest.mark.cuda
+def test_graph_launch_benchmark_times_each_graph_and_nodes_cost_gpu_time(tmp_path):
+    from benchmarks import graph_launch
+
+    out = tmp_path / "graph-launch.json"
+    assert graph_launch.main(["--out", str(out)]) == 0
+    graphs = json.loads(out.read_text())["graphs"]
+    assert set(graphs) == {"1 kernel", "10 kernels", "94 kernels", "200 kernels", "upload copy + 1 kernel",
+                           "upload copy + 94 kernels", "upload copy + event + 94 kernels",
+                           "upload kernel + event + 94 kernels", "upload kernel + 94 kernels"}
+    assert all(value > 0 for record in graphs.values() for value in record.values())
+    # 199 more nodes of a kernel that does nearly nothing take more GPU time than the launch of one
+    assert graphs["200 kernels"]["back_to_back_us"] > 10 * graphs["1 kernel"]["back_to_back_us"]
+
+
 def test_cuda_targets_are_read_off_the_best_fused_system_of_each_cell():
     from benchmarks.encoder import Target, target_verdicts
 
