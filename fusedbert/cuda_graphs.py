@@ -161,7 +161,7 @@ class _Graph:
         self.graph = torch.cuda.CUDAGraph()
 
     def upload(self) -> None:
-        """Inside the capture: the graph's own copy of its inputs."""
+        """The copy of `host` into `staged` and the event after it: the graph's first nodes when captured."""
         self.staged.copy_(self.host_on_device.permute(2, 0, 1))
         self.uploaded.record()
 
