@@ -141,7 +141,6 @@ def pinned_on_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 class _Graph:
     def __init__(self, bucket: Bucket, num_inputs: int, device: torch.device):
-        self.bucket = bucket
         # The graph's first kernel copies `host` into `staged`, the inputs the forward reads: a batch costs
         # one launch, and the host writes its inputs through numpy, with no torch call before the replay.
         # `host` is laid out [batch, seq_len, input] and `staged` [input, batch, seq_len], so that the copy
