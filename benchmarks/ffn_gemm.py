@@ -4,6 +4,8 @@ same seeded lengths as benchmarks/encoder.py):
 - FFN1 with its bias and erf-GELU in the model's dtype (`torch.ops.fusedbert.linear_bias_gelu_kernels()`:
   cuBLASLt then the bias + GELU kernel, the small-batch kernel where the tokens are few enough, and on
   Hopper the CUTLASS kernels with both in the epilogue);
+- FFN1's GEMM through torch's `F.linear` (cuBLAS) with no epilogue and with the bias only, for what the
+  fused kernels' epilogue costs;
 - on Hopper builds with CUTLASS, the FP8 FFN's two GEMMs (`fuse(..., fp8_ffn=True)`) by each tile
   configuration of `torch.ops.fusedbert.fp8_ffn_linear_kernels()`, beside FFN2 in the model's dtype through
   torch's `F.linear` (cuBLAS) for scale.
@@ -102,6 +104,9 @@ def gemm_calls(dtype: torch.dtype, tokens: int, shape: dict, device: torch.devic
     fusedbert_ops = torch.ops.fusedbert
     calls = {"ffn1": {kernel: (lambda layer, kernel=kernel: fusedbert_ops.linear_bias_gelu(
         x_low, layer["ffn1"], layer["bias"], kernel)) for kernel in fusedbert_ops.linear_bias_gelu_kernels()}}
+    # FFN1's shape with less epilogue, for what the bias and GELU cost the fused kernels.
+    calls["ffn1_without_gelu"] = {"cublas (F.linear)": lambda layer: F.linear(x_low, layer["ffn1"]),
+                                  "cublas (F.linear + bias)": lambda layer: F.linear(x_low, layer["ffn1"], layer["bias"])}
     calls["ffn2"] = {"cublas (F.linear)": lambda layer: F.linear(inner_low, layer["ffn2"])}
     if fp8_available():
         kernels = fusedbert_ops.fp8_ffn_linear_kernels()

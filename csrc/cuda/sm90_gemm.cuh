@@ -97,8 +97,11 @@ const char* launch(const typename Gemm::Arguments& args, void* workspace, size_t
 // epilogue overlaps the other's MMAs. With erff the epilogue was too long to hide and ping-pong measured no
 // faster (99 against 98 us for bert-base's FFN1 at 8,990 tokens on an H200); with gelu.cuh's GELU it hides,
 // and 128 x 128 ping-pong tiles take 83 us against 94 for 128 x 256 cooperative ones.
+// EpilogueTile: the piece of a tile the epilogue activates and stores at a time (CUTLASS's default for
+// float16 output and ping-pong schedules is 64 x 32).
 template <typename ElementIn, typename ElementOut, typename Fusion, typename TileShape, typename ClusterShape,
-          typename KernelSchedule, typename EpilogueSchedule, typename TileScheduler = void>
+          typename KernelSchedule, typename EpilogueSchedule, typename TileScheduler = void,
+          typename EpilogueTile = cutlass::epilogue::collective::EpilogueTileAuto>
 struct TokenMajorGemm {
   using Accumulator = float;
   static constexpr int kInAlignment = 16 / sizeof(ElementIn);  // elements per 16-byte TMA access
@@ -106,7 +109,7 @@ struct TokenMajorGemm {
 
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, Accumulator, Accumulator, void,
+      EpilogueTile, Accumulator, Accumulator, void,
       cutlass::layout::ColumnMajor, kOutAlignment, ElementOut, cutlass::layout::ColumnMajor, kOutAlignment,
       EpilogueSchedule, Fusion>::CollectiveOp;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
@@ -120,13 +123,13 @@ struct TokenMajorGemm {
 };
 
 template <typename Element, typename TileShape, typename ClusterShape, typename KernelSchedule,
-          typename EpilogueSchedule>
+          typename EpilogueSchedule, typename EpilogueTile = cutlass::epilogue::collective::EpilogueTileAuto>
 struct BiasGeluGemm {
   // D = gelu_erf(acc + bias[row]) in float32 (gelu.cuh); no C operand (void) so nothing is read but the bias.
   using Fusion = cutlass::epilogue::fusion::LinCombPerRowBiasEltAct<GeluErfFit<false>::Activation, Element, float,
                                                                      Element, Element, float>;
   using Gemm = typename TokenMajorGemm<Element, Element, Fusion, TileShape, ClusterShape, KernelSchedule,
-                                       EpilogueSchedule>::Gemm;
+                                       EpilogueSchedule, void, EpilogueTile>::Gemm;
 
   static const char* run(int64_t tokens, int64_t n, int64_t k, const void* in, const void* weight, const void* bias,
                          void* out, void* workspace, size_t workspace_bytes, int sm_count, cudaStream_t stream) {
