@@ -105,8 +105,10 @@ def gemm_calls(dtype: torch.dtype, tokens: int, shape: dict, device: torch.devic
     calls = {"ffn1": {kernel: (lambda layer, kernel=kernel: fusedbert_ops.linear_bias_gelu(
         x_low, layer["ffn1"], layer["bias"], kernel)) for kernel in fusedbert_ops.linear_bias_gelu_kernels()}}
     # FFN1's shape with less epilogue, for what the bias and GELU cost the fused kernels.
-    calls["ffn1_without_gelu"] = {"cublas (F.linear)": lambda layer: F.linear(x_low, layer["ffn1"]),
-                                  "cublas (F.linear + bias)": lambda layer: F.linear(x_low, layer["ffn1"], layer["bias"])}
+    calls["ffn1_without_gelu"] = {
+        "cublas (F.linear)": lambda layer: F.linear(x_low, layer["ffn1"]),
+        "cublas (F.linear + bias)": lambda layer: F.linear(x_low, layer["ffn1"], layer["bias"]),
+    }
     calls["ffn2"] = {"cublas (F.linear)": lambda layer: F.linear(inner_low, layer["ffn2"])}
     if fp8_available():
         kernels = fusedbert_ops.fp8_ffn_linear_kernels()

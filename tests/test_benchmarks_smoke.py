@@ -143,7 +143,8 @@ def test_ffn_gemm_benchmark_times_every_kernel_of_each_gemm(tmp_path):
     # Every kernel that takes the shape is timed: the small-batch ones ("skinny") take up to 64 rows.
     for (workload, gemm), record in records.items():
         expected = {"ffn1": torch.ops.fusedbert.linear_bias_gelu_kernels(), "ffn2": ["cublas (F.linear)"],
-                    "ffn1_without_gelu": ["cublas (F.linear)", "cublas (F.linear + bias)"]}.get(gemm, report["fp8_kernels"])
+                    "ffn1_without_gelu": ["cublas (F.linear)", "cublas (F.linear + bias)"]}.get(
+            gemm, report["fp8_kernels"])
         if record["real_tokens"] > 64:
             expected = [kernel for kernel in expected if kernel != "skinny"]
         assert sorted(record["us_per_call"]) == sorted(expected), (workload, gemm)

@@ -95,8 +95,12 @@ const char* launch(const typename Gemm::Arguments& args, void* workspace, size_t
 // consumer groups split each tile's MMAs and then its epilogue; ping-pong ones
 // (KernelTmaWarpSpecializedPingpong with TmaWarpSpecialized) give each group its own tile, so one group's
 // epilogue overlaps the other's MMAs. With erff the epilogue was too long to hide and ping-pong measured no
-// faster (99 against 98 us for bert-base's FFN1 at 8,990 tokens on an H200); with gelu.cuh's GELU it hides,
-// and 128 x 128 ping-pong tiles take 83 us against 94 for 128 x 256 cooperative ones.
+// faster (99 against 98 us for bert-base's FFN1 at 8,990 tokens on an H200); with gelu.cuh's GELU it mostly
+// hides, and 128 x 128 ping-pong tiles take 83 us against 94 for 128 x 256 cooperative ones. What is left is
+// the GELU's arithmetic: on an H100 at that shape the ping-pong kernel took 82.0 us, 71.3 with the bias
+// alone, and cuBLAS's plain GEMM 76.0 (benchmarks/ffn_gemm.py; its K of 768 and wide output keep every
+// kernel of this shape below FFN2's rate, 58 us for the same FLOPs).
+//
 // EpilogueTile: the piece of a tile the epilogue activates and stores at a time (CUTLASS's default for
 // float16 output and ping-pong schedules is 64 x 32).
 template <typename ElementIn, typename ElementOut, typename Fusion, typename TileShape, typename ClusterShape,
