@@ -190,6 +190,29 @@ def test_cuda_targets_are_read_off_the_best_fused_system_of_each_cell():
     assert [v["bound"] for v in verdicts] == ["<= 0.12", ">= 3.2e+06", "<= 0.6", "<= 0.75"]
 
 
+def test_a_ratio_to_the_best_peer_is_judged_only_with_every_peer_in_the_cell():
+    from benchmarks.encoder import GPU_PEERS, Target, target_verdicts, verdict_text
+
+    def record(system, **figures):
+        return {"system": system, "model": "bert-base", "dtype": "fp16", "workload": "bs128_var"} | figures
+
+    target = Target("#7", "bert-base", "fp16", "bs128_var", "ratio_to_best_peer", True, 2.3, needs=GPU_PEERS)
+    # A run without torch.compile: its best peer is HF SDPA, against which the fused model clears the bound.
+    without_compile = [record("fusedbert_graphs", ratio_to_best_peer=2.55), record("hf_eager"), record("hf_sdpa"),
+                       record("nested")]
+
+    [partial] = target_verdicts(without_compile, (target,))
+    assert (partial["measured"], partial["met"], partial["missing"]) == (None, None, ["compile"])
+    assert verdict_text(partial, "") == ">= 2.3: not measured (without compile)"
+
+    [whole] = target_verdicts(without_compile + [record("compile")], (target,))
+    assert (whole["system"], whole["measured"], whole["met"]) == ("fusedbert_graphs", 2.55, True)
+    assert "missing" not in whole
+    # A cell the run never timed is plainly not measured.
+    [absent] = target_verdicts([], (target,))
+    assert (absent["measured"], "missing" in absent) == (None, False)
+
+
 def test_encoder_table_shows_a_dash_where_the_run_had_no_peer(capsys):
     from benchmarks.encoder import print_table
 
