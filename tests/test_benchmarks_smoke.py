@@ -166,6 +166,28 @@ def test_graph_launch_benchmark_times_each_graph_and_nodes_cost_gpu_time(tmp_pat
     assert graphs["200 kernels"]["back_to_back_us"] > 10 * graphs["1 kernel"]["back_to_back_us"]
 
 
+@pytest.mark.cuda
+def test_graph_buckets_benchmark_times_each_capacity_with_and_without_tuning(tmp_path):
+    from benchmarks import graph_buckets
+
+    out = tmp_path / "graph-buckets.json"
+    assert graph_buckets.main(["--models", "minilm", "--workloads", "bs32_var", "--repeats", "3",
+                               "--out", str(out)]) == 0
+    records = json.loads(out.read_text())["records"]
+    assert [r["bucket"] for r in records] == ["exact, heuristic", "rounded to 128, heuristic", "exact, tuned",
+                                              "rounded to 128, tuned"]
+    exact, rounded = records[0]["token_capacity"], records[1]["token_capacity"]
+    assert exact == records[0]["real_tokens"] and rounded % 128 == 0 and exact <= rounded < exact + 128
+    assert all(r["median_ms"] > 0 and r["gemm_ms"] > 0 and r["kernels_per_call"] > 0 for r in records)
+
+
+def test_graph_buckets_round_a_capacity_up_and_never_past_the_padded_batch():
+    from benchmarks.graph_buckets import capacities
+
+    assert capacities(32, 128, 2172) == {"exact": 2172, "rounded to 128": 2176}
+    assert capacities(1, 16, 16) == {"exact": 16, "rounded to 128": 16}
+
+
 def test_cuda_targets_are_read_off_the_best_fused_system_of_each_cell():
     from benchmarks.encoder import Target, target_verdicts
 
