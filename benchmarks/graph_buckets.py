@@ -1,8 +1,9 @@
 """What a CUDA graph bucket's token capacity and the GEMM autotuning cost, in one process: for each
 workload, four graph runners of the fused model (fp16) whose bucket holds exactly the batch's real tokens
-or that count rounded up to 128 rows (as a server's buckets round it), each captured with GEMM autotuning
-off (cuBLASLt's first choices) and on. They are timed interleaved, then each is profiled (GEMM kernels and
-the memsets before them, and the kernel count per call).
+or that count rounded up to 128 rows (as the encoder benchmark's graphs round it, and a server's buckets
+round it one way or another), each captured with GEMM autotuning off (cuBLASLt's first choices) and on.
+They are timed interleaved, then each is profiled (GEMM kernels and the memsets before them, and the
+kernel count per call).
 
     python -m benchmarks.graph_buckets                    # bert-base, bs128 var and bs32 var
     python -m benchmarks.graph_buckets --models minilm --workloads bs32_var
@@ -31,19 +32,18 @@ from fusedbert.cuda_graphs import Bucket, CudaGraphRunner
 from .encoder import results_header, write_results
 from .measure import time_interleaved
 from .profile import profile_system
-from .systems import hf_model
+from .systems import GraphedFusedEncoder, hf_model
 from .workloads import MODEL_SHAPES, WORKLOADS, load_model, make_batch
 
-ROUNDING = 128  # rows; benchmarks.systems.GraphedFusedEncoder rounds a bucket's tokens the same way
 REPEATS = 60
 GEMM_FAMILIES = ("gemm", "gemm_bias_gelu", "other")  # "other" holds the memsets cuBLASLt launches
 
 
 def capacities(batch_size: int, seq_len: int, real_tokens: int) -> dict[str, int]:
-    """A bucket's token capacity: the batch's real tokens, and those rounded up to ROUNDING rows (never past
-    the padded batch)."""
-    rounded = min(batch_size * seq_len, -(-real_tokens // ROUNDING) * ROUNDING)
-    return {"exact": real_tokens, f"rounded to {ROUNDING}": rounded}
+    """A bucket's token capacity: the batch's real tokens, and what the encoder benchmark's graphs give it
+    (rounded up, never past the padded batch)."""
+    rounded = GraphedFusedEncoder.token_capacity(batch_size, seq_len, real_tokens)
+    return {"exact": real_tokens, f"rounded to {GraphedFusedEncoder.TOKEN_GRANULE}": rounded}
 
 
 def main(argv=None) -> int:
@@ -57,7 +57,8 @@ def main(argv=None) -> int:
         print("graph_buckets: needs a CUDA GPU")
         return 1
     device = torch.device("cuda")
-    results = results_header(device, dtype="fp16", repeats=args.repeats, rounding=ROUNDING, records=[])
+    results = results_header(device, dtype="fp16", repeats=args.repeats,
+                             rounding=GraphedFusedEncoder.TOKEN_GRANULE, records=[])
     for model_name in args.models:
         reference, _ = load_model(model_name)
         fused = fusedbert.fuse(hf_model(reference.to(device), torch.float16, "sdpa"))

@@ -144,10 +144,15 @@ class GraphedFusedEncoder:
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
+    @classmethod
+    def token_capacity(cls, batch_size: int, seq_len: int, real_tokens: int) -> int:
+        """The bucket's token rows for a batch: its real tokens rounded up to TOKEN_GRANULE, at most every
+        position."""
+        return min(batch_size * seq_len, -(-real_tokens // cls.TOKEN_GRANULE) * cls.TOKEN_GRANULE)
+
     def __call__(self, batch: Batch) -> torch.Tensor:
         size, seq_len = batch.input_ids.shape
-        tokens = min(size * seq_len, -(-batch.real_tokens // self.TOKEN_GRANULE) * self.TOKEN_GRANULE)
-        bucket = Bucket(size, seq_len, tokens)
+        bucket = Bucket(size, seq_len, self.token_capacity(size, seq_len, batch.real_tokens))
         if bucket not in self.runner.buckets:
             self.runner.buckets.append(bucket)
         if id(batch) not in self._cpu_inputs:  # once per batch, which is held so that its id stays its own
