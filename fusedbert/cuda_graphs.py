@@ -124,13 +124,16 @@ class CaptureReport:
 
 
 class _PinnedHostMemory:
-    """What torch.as_tensor reads to see a contiguous int64 pinned host tensor as CUDA memory."""
+    """What torch.as_tensor reads to see a contiguous int32 or int64 pinned host tensor as CUDA memory."""
+
+    TYPESTRS = {torch.int32: "<i4", torch.int64: "<i8"}
 
     def __init__(self, host: torch.Tensor):
-        if host.dtype != torch.long or not host.is_contiguous() or not host.is_pinned():
-            raise ValueError("expected a contiguous, pinned int64 host tensor")
-        self.__cuda_array_interface__ = {"shape": tuple(host.shape), "strides": None, "typestr": "<i8",
-                                         "data": (host.data_ptr(), False), "version": 3}
+        if host.dtype not in self.TYPESTRS or not host.is_contiguous() or not host.is_pinned():
+            raise ValueError("expected a contiguous, pinned int32 or int64 host tensor")
+        self.__cuda_array_interface__ = {"shape": tuple(host.shape), "strides": None,
+                                         "typestr": self.TYPESTRS[host.dtype], "data": (host.data_ptr(), False),
+                                         "version": 3}
 
 
 def pinned_on_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -143,13 +146,15 @@ class _Graph:
     def __init__(self, bucket: Bucket, num_inputs: int, device: torch.device):
         # The graph's first kernel copies `host` into `staged`, the inputs the forward reads: a batch costs
         # one launch, and the host writes its inputs through numpy, with no torch call before the replay.
-        # `host` is laid out [batch, seq_len, input] and `staged` [input, batch, seq_len], so that the copy
-        # is a transposing kernel reading pinned memory, not a copy-engine node. On an H100, in one process:
-        # a copy issued before each replay cost 8-26 us more a call at one sequence than a copy node in the
-        # graph (bert-base bs1 x 16: 0.452 -> 0.433 ms), and the copy node 3-14 us more than this kernel
-        # (0.378 -> 0.374 ms; bs16 var 0.768 -> 0.753; docs/benchmarks.md).
-        self.staged = torch.zeros((num_inputs, bucket.batch_size, bucket.seq_len), dtype=torch.long, device=device)
-        self.host = torch.zeros((bucket.batch_size, bucket.seq_len, num_inputs), dtype=torch.long, pin_memory=True)
+        # `host` holds int32 and `staged` int64, so that the copy is a converting kernel reading pinned
+        # memory, not a copy-engine node, and it reads half the bytes over the bus. On an H100, in one
+        # process: a copy issued before each replay cost 8-26 us more a call at one sequence than a copy node
+        # in the graph (bert-base bs1 x 16: 0.452 -> 0.433 ms), and the copy node 3-14 us more than a kernel
+        # (0.378 -> 0.374 ms; bs16 var 0.768 -> 0.753; docs/benchmarks.md). Token ids and types fit int32
+        # for any vocabulary; like an id past the vocabulary, one that does not is the caller's to prevent.
+        shape = (num_inputs, bucket.batch_size, bucket.seq_len)
+        self.staged = torch.zeros(shape, dtype=torch.long, device=device)
+        self.host = torch.zeros(shape, dtype=torch.int32, pin_memory=True)
         self.host_array = self.host.numpy()
         self.host_on_device = pinned_on_device(self.host, device)
         # Recorded inside the graph, after the copy: a replay's inputs are read and `host` is free for the next
@@ -161,7 +166,7 @@ class _Graph:
 
     def upload(self) -> None:
         """The copy of `host` into `staged` and the event after it: the graph's first nodes when captured."""
-        self.staged.copy_(self.host_on_device.permute(2, 0, 1))
+        self.staged.copy_(self.host_on_device)
         self.uploaded.record()
 
     def stage(self, inputs: Sequence[torch.Tensor]) -> None:
@@ -169,12 +174,14 @@ class _Graph:
         copy has read it. Inputs on the GPU are copied into it on the stream, ahead of the replay's upload."""
         batch_size, seq_len = inputs[0].shape
         self.uploaded.synchronize()
-        self.host_array.fill(0)
+        # Only what this batch does not cover is cleared: the rows past it, and the positions past its length.
+        self.host_array[:, batch_size:] = 0
+        self.host_array[:, :batch_size, seq_len:] = 0
         for index, given in enumerate(inputs):
             if given.device.type == "cpu":
-                self.host_array[:batch_size, :seq_len, index] = given.numpy()
+                self.host_array[index, :batch_size, :seq_len] = given.numpy()
             else:
-                self.host[:batch_size, :seq_len, index].copy_(given, non_blocking=True)
+                self.host[index, :batch_size, :seq_len].copy_(given, non_blocking=True)
 
 
 class CudaGraphRunner:
