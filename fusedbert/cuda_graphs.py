@@ -174,9 +174,8 @@ class _Graph:
         copy has read it. Inputs on the GPU are copied into it on the stream, ahead of the replay's upload."""
         batch_size, seq_len = inputs[0].shape
         self.uploaded.synchronize()
-        # Only what this batch does not cover is cleared: the rows past it, and the positions past its length.
-        self.host_array[:, batch_size:] = 0
-        self.host_array[:, :batch_size, seq_len:] = 0
+        if (batch_size, seq_len) != self.host_array.shape[1:]:  # a batch of the bucket's shape overwrites it all
+            self.host_array.fill(0)
         for index, given in enumerate(inputs):
             if given.device.type == "cpu":
                 self.host_array[index, :batch_size, :seq_len] = given.numpy()
