@@ -107,6 +107,10 @@ __device__ __forceinline__ uint32_t pack_pair(float lo, float hi) {
 // So was giving a CTA several heads in turn, the next head's rows loading while this one's are used (two
 // stages of Q, K and V): on an H100 at 128 sequences, 36.7 us with one head per CTA, 39.9 with 2, 43.8
 // with 3, 47.6 with 4, 52.9 with 6, flash varlen 46-47 throughout. More CTAs in flight beat overlap in one.
+// Head size 32 stays unbounded (123 registers, 4 CTAs): compiled for 5 (96 registers), MiniLM's layer went
+// from 24.5 to 23.1 us at 128 sequences but from 8.8 to 9.1 at 32 (H100, one run each). The order in which
+// sequences' CTAs start (blockIdx.z, batch order) was probed too: longest first changed nothing for
+// bert-base; shortest first was 6% faster at 128 sequences and 6% slower at 32 (docs/benchmarks.md).
 template <int kHeadDim>
 constexpr int kMinBlocksPerSm = kHeadDim == 64 ? 4 : 1;
 

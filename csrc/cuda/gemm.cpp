@@ -32,7 +32,7 @@ namespace {
 constexpr int64_t kWorkspaceBytes = int64_t{32} << 20;
 // Candidates kept from the heuristic for timing. Its first choice is often not the fastest for small M
 // (a few tokens: the GEMM is bound by reading the weights, and split-K or a narrower tile spreads that
-// read over more SMs).
+// read over more SMs). Timing 64 instead chose the same kernels for bert-base's bs128 graph (H100).
 constexpr int kCandidateAlgos = 16;
 constexpr int kTimedRuns = 8;
 
@@ -109,7 +109,10 @@ LayoutPtr column_major(cudaDataType_t dtype, int64_t rows, int64_t cols) {
 // L2 after the flush, as the kernel before a GEMM leaves it, changed no forward measurably (H100, bs32 and
 // bs128 var; branch attempt/ln-warp-warm-tune). A spin kernel holds the
 // stream while the runs are queued, so the events time the GPU's work, not the host's launch rate: a
-// graph replay has no launch cost either. The first launch is the warm-up.
+// graph replay has no launch cost either. The first launch is the warm-up. A candidate that launches a
+// memset before its GEMM is not charged for that graph node: charging 2.5 us a node took bert-base's bs128
+// graph from 36 memsets to 12, but the GEMMs without one were slower by as much (branch
+// attempt/tuner-node-cost).
 float cold_cache_ms(const std::function<bool()>& launch, const at::Tensor& like) {
   if (!launch()) return std::numeric_limits<float>::infinity();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
