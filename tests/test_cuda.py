@@ -69,6 +69,14 @@ def test_minilm_real_weights_awkward_batches(minilm, lengths, dtype):
     assert_matches_hf(minilm, random_batch(minilm.config.vocab_size, lengths, device=DEVICE), dtype)
 
 
+@pytest.mark.parametrize("count", [300, 1100], ids=["one_scan_chunk", "past_1024"])
+def test_minilm_many_sequences_of_mixed_lengths(minilm, count):
+    # float16 goes through fusedbert's attention kernel (a grid slice per sequence); past 1,024 sequences the
+    # summary kernel scans the lengths in several chunks.
+    lengths = [1 + (i * 37) % 40 for i in range(count)]
+    assert_matches_hf(minilm, random_batch(minilm.config.vocab_size, lengths, device=DEVICE), torch.float16)
+
+
 @pytest.mark.parametrize("remove_padding", [True, False], ids=["packed", "padded"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_minilm_real_text_both_padding_modes(minilm, minilm_tokenizer, dtype, remove_padding):
