@@ -2,6 +2,7 @@
 
     python -m benchmarks.plots                      # every encoder-*.json and serving-*.json in results/
     python -m benchmarks.plots --results DIR
+    python -m benchmarks.plots results/encoder-x.json results/serving-y.json   # those results only
 
 - encoder-<...>.json -> encoder-<...>-tokens.png: real tokens/s per workload, ordered by batch size
   (bs1x16, bs1x128, bs32_var, bs128_var), one line per system, one panel per model and dtype;
@@ -138,13 +139,20 @@ def plot_serving(result: dict, output: Path) -> Path:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="*", type=Path,
+                        help="result JSONs to plot (default: every one in --results; matplotlib's PNGs differ "
+                             "byte for byte between runs, so redrawing all rewrites every committed plot)")
     parser.add_argument("--results", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
+    files = args.files or sorted(args.results.glob("encoder-*.json")) + sorted(args.results.glob("serving-*.json"))
     written = []
-    for path in sorted(args.results.glob("encoder-*.json")):
-        written += plot_encoder(json.loads(path.read_text()), path.with_suffix(""))
-    for path in sorted(args.results.glob("serving-*.json")):
-        written.append(plot_serving(json.loads(path.read_text()), path.with_suffix(".png")))
+    for path in files:
+        if path.name.startswith("encoder-"):
+            written += plot_encoder(json.loads(path.read_text()), path.with_suffix(""))
+        elif path.name.startswith("serving-"):
+            written.append(plot_serving(json.loads(path.read_text()), path.with_suffix(".png")))
+        else:
+            parser.error(f"{path}: not an encoder-*.json or serving-*.json result")
     if not written:
         print(f"plots: no encoder-*.json or serving-*.json in {args.results}", file=sys.stderr)
         return 1

@@ -1,11 +1,14 @@
 """The accuracy report runs end to end on a few sentences and writes its table and JSON; the new-shape
 benchmark runs end to end on a few shapes; the serving benchmark's pieces that need no server (no timing);
-the worker-stages benchmark serves a few batches through TorchServe's loader and Service."""
+the worker-stages benchmark serves a few batches through TorchServe's loader and Service; the plots drawn for
+named results or a whole directory."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -305,3 +308,33 @@ def test_worker_stages_times_a_batch_loaded_and_served_as_a_worker_does(tmp_path
     assert stages["batch (Service.predict)"] > stages["handler: model call, copies and waits"] > \
         stages["  of it: the model or replay"] > 0
     assert ts.service.create_predict_response is create_response  # the stage wrappers are gone afterwards
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+def copy_results(directory: Path, *names: str) -> list[Path]:
+    return [Path(shutil.copy(RESULTS / name, directory)) for name in names]
+
+
+def test_plots_draw_the_named_results_only(tmp_path):
+    from benchmarks import plots
+    encoder, serving, _ = copy_results(tmp_path, "encoder-cpu-amd-epyc-20261123.json",
+                                       "serving-cpu-amd-epyc-20261123.json", "encoder-cpu-amd-epyc-20261204.json")
+    assert plots.main([str(encoder), str(serving)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["encoder-cpu-amd-epyc-20261123-tokens.png",
+                                                             "serving-cpu-amd-epyc-20261123.png"]
+
+
+def test_plots_without_names_draw_every_result_of_the_directory(tmp_path):
+    from benchmarks import plots
+    copy_results(tmp_path, "encoder-cpu-amd-epyc-20261123.json", "encoder-cpu-amd-epyc-20261204.json")
+    assert plots.main(["--results", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["encoder-cpu-amd-epyc-20261123-tokens.png",
+                                                             "encoder-cpu-amd-epyc-20261204-tokens.png"]
+
+
+def test_plots_refuse_a_file_that_is_no_encoder_or_serving_result(tmp_path):
+    from benchmarks import plots
+    with pytest.raises(SystemExit):
+        plots.main([str(tmp_path / "profile-final.json")])
