@@ -38,8 +38,7 @@ def capture(kernels: int, upload: str | None, event: bool, device: torch.device)
     """The graph, and the buffers and event its nodes point at (which must outlive it). upload: None, "copy"
     (a copy node, as torch captures a pinned host-to-device copy_) or "kernel" (a transposing copy, which
     torch runs as a kernel reading the pinned buffer; fusedbert's graph runner uploads with such a kernel,
-    one that converts int32 to int64); event: an event
-    recorded after the upload."""
+    one that converts int32 to int64); event: an event recorded after the upload."""
     x = torch.zeros(16, device=device)
     staged = torch.zeros(2, UPLOAD_BYTES // 16, dtype=torch.long, device=device)
     host = torch.zeros(staged.shape, dtype=torch.long, pin_memory=True)  # copied as it is laid out

@@ -145,14 +145,15 @@ def main(argv=None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     files = args.files or sorted(args.results.glob("encoder-*.json")) + sorted(args.results.glob("serving-*.json"))
+    for path in files:  # before any plot is drawn, so that a bad name leaves nothing half done
+        if not path.name.startswith(("encoder-", "serving-")):
+            parser.error(f"{path}: not an encoder-*.json or serving-*.json result")
     written = []
     for path in files:
         if path.name.startswith("encoder-"):
             written += plot_encoder(json.loads(path.read_text()), path.with_suffix(""))
-        elif path.name.startswith("serving-"):
-            written.append(plot_serving(json.loads(path.read_text()), path.with_suffix(".png")))
         else:
-            parser.error(f"{path}: not an encoder-*.json or serving-*.json result")
+            written.append(plot_serving(json.loads(path.read_text()), path.with_suffix(".png")))
     if not written:
         print(f"plots: no encoder-*.json or serving-*.json in {args.results}", file=sys.stderr)
         return 1

@@ -334,7 +334,9 @@ def test_plots_without_names_draw_every_result_of_the_directory(tmp_path):
                                                              "encoder-cpu-amd-epyc-20261204-tokens.png"]
 
 
-def test_plots_refuse_a_file_that_is_no_encoder_or_serving_result(tmp_path):
+def test_plots_refuse_a_file_that_is_no_encoder_or_serving_result_before_drawing_any(tmp_path):
     from benchmarks import plots
+    encoder, = copy_results(tmp_path, "encoder-cpu-amd-epyc-20261123.json")
     with pytest.raises(SystemExit):
-        plots.main([str(tmp_path / "profile-final.json")])
+        plots.main([str(encoder), str(tmp_path / "profile-final.json")])
+    assert not list(tmp_path.glob("*.png"))
