@@ -18,6 +18,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 namespace fusedbert::cuda {
 namespace {
@@ -98,16 +99,19 @@ __device__ __forceinline__ uint32_t pack_pair(float lo, float hi) {
 // an accumulator tile c[16x8] holds rows g and g + 8, columns 2t and 2t + 1 of each. So every thread
 // owns two query rows, and its softmax statistics are reduced over the 4 lanes of its group.
 //
-// Head size 64 is compiled for 4 CTAs per SM (127 registers; unbounded, ptxas takes 167 and 3 fit). The
+// Head size 64 is compiled for 4 CTAs per SM (128 registers; unbounded, ptxas takes 167 and 3 fit). The
 // kernel is latency-bound, and on an H200 the fourth CTA took one bert-base layer at 128 sequences of
 // 8..128 tokens from 36.0 to 33.2 us (32 sequences: 12.4 to 10.7). Asking for 5 or 6 (one K/V buffer,
 // 80 to 96 registers with spills) was slower, and so was 6 at head size 32 for MiniLM at 32 sequences.
-// Skipping the blocks of keys past a sequence's end in its last step (an early break in the QK^T and PV
-// loops) was slower too, on an H100: 34.7 -> 37.6 us per bert-base layer at 128 sequences of 8..128 tokens.
+// Skipping the blocks of keys past a sequence's end in its last step with an early break in the QK^T and PV
+// loops was slower, on an H100: 34.7 -> 37.6 us per bert-base layer at 128 sequences of 8..128 tokens.
+// Skipping them with the block count as a template argument (attend_step) is faster: 34.0 -> 32.6-33.0 us
+// there, MiniLM 24.7 -> 23.4-23.5, 32 sequences 10.9 -> 10.3-10.4 and 8.8 -> 8.3-8.5 (H100, two runs of
+// benchmarks.attention each; Nsight Compute had found the kernel short of eligible warps, not bytes).
 // So was giving a CTA several heads in turn, the next head's rows loading while this one's are used (two
 // stages of Q, K and V): on an H100 at 128 sequences, 36.7 us with one head per CTA, 39.9 with 2, 43.8
 // with 3, 47.6 with 4, 52.9 with 6, flash varlen 46-47 throughout. More CTAs in flight beat overlap in one.
-// Head size 32 stays unbounded (123 registers, 4 CTAs): compiled for 5 (96 registers), MiniLM's layer went
+// Head size 32 stays unbounded (113 registers, 4 CTAs): compiled for 5 (96 registers), MiniLM's layer went
 // from 24.5 to 23.1 us at 128 sequences but from 8.8 to 9.1 at 32 (H100, one run each). The order in which
 // sequences' CTAs start (blockIdx.z, batch order) was probed too: longest first changed nothing for
 // bert-base; shortest first was 6% faster at 128 sequences and 6% slower at 32 (docs/benchmarks.md).
@@ -162,20 +166,27 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<kHeadDim>) packed_at
     commit_async_copies();
   };
 
-  // This warp's 16 queries against keys [k0, k0 + 64) of the sequence, folded into out / row_max / row_sum.
-  auto attend_step = [&](const scalar_t* k_tile, const scalar_t* v_tile, int k0) {
+  // This warp's 16 queries against the keys [k0, k0 + 16 * kKeyBlocks) of the sequence, folded into out /
+  // row_max / row_sum. A step covers only the 16-key blocks that hold real keys: the last step of a sequence
+  // usually holds fewer than 64, and its blocks past the end would add exp(-inf) = 0. The block count is a
+  // template argument (std::integral_constant), so that every loop stays unrolled and the fragments stay in
+  // registers; an early break on a runtime count was slower (see above).
+  auto attend_step = [&](auto key_blocks, const scalar_t* k_tile, const scalar_t* v_tile, int k0) {
+    constexpr int kKeyBlocks = decltype(key_blocks)::value;
+    constexpr int kScoreTiles = 2 * kKeyBlocks;  // 8 keys each
     if (k0 == 0) {
       for (int kk = 0; kk < kHeadDim / 16; ++kk) {
         load_matrices(q_frag[kk], q_tile + (warp_row + lane % 16) * kPitch + kk * 16 + (lane / 16) * 8);
       }
     }
 
-    // scores[16 x 64] = Q K^T for this warp's rows: K's rows are the mma's column-major B operand as stored.
-    float scores[kTile / 8][4] = {};
+    // scores[16 x 16 * kKeyBlocks] = Q K^T for this warp's rows: K's rows are the mma's column-major B
+    // operand as stored.
+    float scores[kScoreTiles][4] = {};
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
 #pragma unroll
-      for (int n = 0; n < kTile / 8; n += 2) {
+      for (int n = 0; n < kScoreTiles; n += 2) {
         uint32_t k_frag[4];
         load_matrices(k_frag, k_tile + (n * 8 + lane % 8 + (lane / 16) * 8) * kPitch + kk * 16 + (lane / 8 % 2) * 8);
         mma_16x8x16<scalar_t>(scores[n], q_frag[kk], k_frag[0], k_frag[1]);
@@ -184,17 +195,19 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<kHeadDim>) packed_at
     }
 
     // Online softmax: rescale what came before by exp(old max - new max).
+    // Keys past the sequence's end score -inf. (Masking only in a step that holds the end, behind a branch,
+    // spilled registers at head size 64.)
     const int keys_here = len - k0;
     float step_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int n = 0; n < kTile / 8; ++n) {
+    for (int n = 0; n < kScoreTiles; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         if (n * 8 + 2 * t + e % 2 >= keys_here) scores[n][e] = -INFINITY;
         step_max[e / 2] = fmaxf(step_max[e / 2], scores[n][e]);
       }
     }
-    float rescale[2];
+    float rescale[2], scaled_max[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       step_max[r] = fmaxf(step_max[r], __shfl_xor_sync(0xffffffffu, step_max[r], 1));
@@ -202,13 +215,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<kHeadDim>) packed_at
       const float new_max = fmaxf(row_max[r], step_max[r]);  // finite: this step holds a real key
       rescale[r] = exp2f((row_max[r] - new_max) * scale_log2);
       row_max[r] = new_max;
+      scaled_max[r] = new_max * scale_log2;
       row_sum[r] *= rescale[r];
     }
 #pragma unroll
-    for (int n = 0; n < kTile / 8; ++n) {
+    for (int n = 0; n < kScoreTiles; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        scores[n][e] = exp2f((scores[n][e] - row_max[e / 2]) * scale_log2);
+        scores[n][e] = exp2f(fmaf(scores[n][e], scale_log2, -scaled_max[e / 2]));  // one FFMA, not FADD + FMUL
         row_sum[e / 2] += scores[n][e];
       }
     }
@@ -223,7 +237,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<kHeadDim>) packed_at
     // out += P V: two adjacent score tiles are, rounded, the A fragment of 16 keys; V's rows are the
     // row-major B operand, so they are loaded transposed.
 #pragma unroll
-    for (int kk = 0; kk < kTile / 16; ++kk) {
+    for (int kk = 0; kk < kKeyBlocks; ++kk) {
       const uint32_t p[4] = {
           pack_pair<scalar_t>(scores[2 * kk][0], scores[2 * kk][1]),
           pack_pair<scalar_t>(scores[2 * kk][2], scores[2 * kk][3]),
@@ -253,7 +267,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm<kHeadDim>) packed_at
     }
     __syncthreads();
     const scalar_t* k_tile = kv_tiles + (step % 2) * 2 * kTile * kPitch;
-    if (warp_has_rows) attend_step(k_tile, k_tile + kTile * kPitch, step * kTile);  // all warps reach each barrier
+    if (warp_has_rows) {  // all warps reach each barrier
+      const scalar_t* v_tile = k_tile + kTile * kPitch;
+      const int k0 = step * kTile;
+      static_assert(kTile == 64, "the dispatch below counts 16-key blocks of a 64-key step");
+      switch ((min(len - k0, kTile) + 15) / 16) {
+        case 1: attend_step(std::integral_constant<int, 1>{}, k_tile, v_tile, k0); break;
+        case 2: attend_step(std::integral_constant<int, 2>{}, k_tile, v_tile, k0); break;
+        case 3: attend_step(std::integral_constant<int, 3>{}, k_tile, v_tile, k0); break;
+        default: attend_step(std::integral_constant<int, 4>{}, k_tile, v_tile, k0); break;
+      }
+    }
     if (step + 2 < steps) {
       __syncthreads();  // every warp is done with this buffer before it is refilled
       load_step(step + 2);
