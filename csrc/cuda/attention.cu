@@ -105,9 +105,10 @@ __device__ __forceinline__ uint32_t pack_pair(float lo, float hi) {
 // 80 to 96 registers with spills) was slower, and so was 6 at head size 32 for MiniLM at 32 sequences.
 // Skipping the blocks of keys past a sequence's end in its last step with an early break in the QK^T and PV
 // loops was slower, on an H100: 34.7 -> 37.6 us per bert-base layer at 128 sequences of 8..128 tokens.
-// Skipping them with the block count as a template argument (attend_step) is faster: 34.0 -> 32.6-33.0 us
-// there, MiniLM 24.7 -> 23.4-23.5, 32 sequences 10.9 -> 10.3-10.4 and 8.8 -> 8.3-8.5 (H100, two runs of
+// Skipping them with the block count as a template argument (attend_step) is faster: 34.0 -> 32.8-33.1 us
+// there, MiniLM 24.7 -> 23.0-23.3, 32 sequences 10.9 -> 10.5-10.6 and 8.8 -> 8.3 (H100, two runs of
 // benchmarks.attention each; Nsight Compute had found the kernel short of eligible warps, not bytes).
+// Storing the output through shared memory, 16 bytes a lane instead of 4, gained nothing more.
 // So was giving a CTA several heads in turn, the next head's rows loading while this one's are used (two
 // stages of Q, K and V): on an H100 at 128 sequences, 36.7 us with one head per CTA, 39.9 with 2, 43.8
 // with 3, 47.6 with 4, 52.9 with 6, flash varlen 46-47 throughout. More CTAs in flight beat overlap in one.
