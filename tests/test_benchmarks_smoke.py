@@ -1,11 +1,12 @@
 """The accuracy report runs end to end on a few sentences and writes its table and JSON; the new-shape
 benchmark runs end to end on a few shapes; the serving benchmark's pieces that need no server (no timing);
 the worker-stages benchmark serves a few batches through TorchServe's loader and Service; the plots drawn for
-named results or a whole directory."""
+named results or a whole directory; the hardware-counter summary of an Nsight Compute page."""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -340,3 +341,36 @@ def test_plots_refuse_a_file_that_is_no_encoder_or_serving_result_before_drawing
     with pytest.raises(SystemExit):
         plots.main([str(encoder), str(tmp_path / "profile-final.json")])
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_kernel_counters_summarize_an_nsight_compute_raw_page(tmp_path):
+    from benchmarks import kernel_counters
+
+    stalls = {"long_scoreboard": 30, "selected": 10, "wait": 60, "barrier_not_issued": 500}
+    metrics = {**{metric: "1,234.5" for metric in kernel_counters.METRICS.values()},
+               **{kernel_counters.STALL_PREFIX + reason: str(count) for reason, count in stalls.items()}}
+    name = ("void fusedbert::<unnamed>::packed_attention_kernel<c10::Half, 64>(const T1 *, const int *, int, "
+            "float, T1 *)")
+    header = ["ID", "Kernel Name", "Grid Size", "Block Size", *metrics]
+    units = ["", "", "", "", *("" for _ in metrics)]
+    row = ["0", name, "(2, 12, 128)", "(128, 1, 1)", *metrics.values()]
+    page = tmp_path / "bert-base-bs128_var.csv"
+    with page.open("w", newline="") as f:
+        csv.writer(f).writerows([header, units, row])
+    out = tmp_path / "counters.json"
+    assert kernel_counters.main(["summarize", str(page), "--device", "NVIDIA H100 80GB HBM3", "--out", str(out)]) == 0
+
+    [record] = json.loads(out.read_text())["profiles"]["bert-base-bs128_var"]
+    assert record["kernel"] == "packed_attention_kernel" and record["grid"] == "(2, 12, 128)"
+    assert record["duration_us"] == 1234.5
+    # Shares of the samples, largest first; the *_not_issued counters are another view of the same stalls.
+    assert list(record["stall_shares"].items()) == [("wait", 0.6), ("long_scoreboard", 0.3), ("selected", 0.1)]
+
+
+def test_kernel_counters_refuse_a_page_without_the_full_set(tmp_path):
+    from benchmarks import kernel_counters
+
+    page = tmp_path / "partial.csv"
+    page.write_text('"ID","Kernel Name","Grid Size","Block Size","gpu__time_duration.sum"\n"","","","","us"\n')
+    with pytest.raises(SystemExit, match="not a raw page of a --set full profile"):
+        kernel_counters.main(["summarize", str(page), "--device", "x", "--out", str(tmp_path / "out.json")])
