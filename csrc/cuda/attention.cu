@@ -109,8 +109,8 @@ __device__ __forceinline__ uint32_t pack_pair(float lo, float hi) {
 // there, MiniLM 24.7 -> 23.0-23.3, 32 sequences 10.9 -> 10.5-10.6 and 8.8 -> 8.3 (H100, two runs of
 // benchmarks.attention each; Nsight Compute had found the kernel short of eligible warps, not bytes).
 // Storing the output through shared memory, 16 bytes a lane instead of 4, gained nothing more.
-// So was giving a CTA several heads in turn, the next head's rows loading while this one's are used (two
-// stages of Q, K and V): on an H100 at 128 sequences, 36.7 us with one head per CTA, 39.9 with 2, 43.8
+// Giving a CTA several heads in turn, the next head's rows loading while this one's are used (two stages of
+// Q, K and V), was slower: on an H100 at 128 sequences, 36.7 us with one head per CTA, 39.9 with 2, 43.8
 // with 3, 47.6 with 4, 52.9 with 6, flash varlen 46-47 throughout. More CTAs in flight beat overlap in one.
 // Head size 32 stays unbounded (113 registers, 4 CTAs): compiled for 5 (96 registers), MiniLM's layer went
 // from 24.5 to 23.1 us at 128 sequences but from 8.8 to 9.1 at 32 (H100, one run each). The order in which
