@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime
+import json
 import re
 import sys
 from pathlib import Path
@@ -130,9 +132,6 @@ def main(argv=None) -> int:
     if args.command == "forward":
         forward(args.model, args.workload)
         return 0
-    import datetime
-    import json
-
     results = {"device": args.device, "date": datetime.date.today().isoformat(),
                "profiles": {page.stem: summarize_page(page) for page in args.pages}}
     args.out.write_text(json.dumps(results, indent=1) + "\n")
