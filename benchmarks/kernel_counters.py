@@ -30,6 +30,13 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     __package__ = "benchmarks"
 
+import torch
+
+import fusedbert
+
+from .systems import hf_forward, hf_model
+from .workloads import WORKLOADS, load_model, make_batch
+
 # The summary's fields and the raw page's metric behind each.
 METRICS = {
     "duration_us": "gpu__time_duration.sum",
@@ -93,13 +100,6 @@ def summarize_page(path: Path) -> list[dict]:
 
 
 def forward(model_name: str, workload: str) -> None:
-    import torch
-
-    import fusedbert
-
-    from .systems import hf_forward, hf_model
-    from .workloads import WORKLOADS, load_model, make_batch
-
     device = torch.device("cuda")
     reference, _ = load_model(model_name)
     reference.to(device)
@@ -117,8 +117,6 @@ def forward(model_name: str, workload: str) -> None:
 
 
 def main(argv=None) -> int:
-    from .workloads import WORKLOADS
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("forward", help="the program to run under ncu")
