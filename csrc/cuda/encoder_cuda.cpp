@@ -170,10 +170,10 @@ at::Tensor encoder_cuda(
     x = aligned_16(flat) ? flat : flat.clone();
     key_bias = key_padding_bias(attention_mask, hidden.scalar_type());
   }
-  // Pulling the next layer's weights into L2 on a side stream while a layer runs (branch
-  // attempt/l2-weight-prefetch) gained 2% at one sequence of 16 tokens and lost at every other size: with
-  // their weights in L2, bert-base's GEMMs there were at most 7% faster, and the prefetch kernels took SMs
-  // from the layer's own (H100, docs/benchmarks.md).
+  // Pulling the next layer's weights into L2 on a side stream while a layer runs was measured and dropped: it
+  // gained 2% at one sequence of 16 tokens and lost at every other size. With their weights in L2, bert-base's
+  // GEMMs there were at most 7% faster, and the prefetch kernels took SMs from the layer's own (H100,
+  // docs/benchmarks.md, "The next layer's weights prefetched into L2").
   for (int64_t layer = 0; layer < dims.num_layers; ++layer) {
     x = run_layer(x, weights, layer, dims, layer_norm_eps, packed, key_bias, scales, workspace);
   }
