@@ -40,7 +40,7 @@ FAMILIES = (
     ("gemm", re.compile(r"gemm|nvjet|xmma|cutlass|cublas", re.I)),
     ("layernorm", re.compile(r"layernorm", re.I)),
     ("bias_activation", re.compile(r"bias_activation", re.I)),
-    ("padding", re.compile(r"rank_real|summarize|gather_rows|scatter_rows", re.I)),
+    ("padding", re.compile(r"rank_real|summarize|gather_rows", re.I)),
     ("embeddings", re.compile(r"embedding|index|native_layer_norm|elementwise|vectorized", re.I)),
 )
 CALLS = 10

@@ -44,8 +44,10 @@ def sample_inputs(device="cpu", dtype=torch.float32, batch=3, seq_len=11, width=
 
 
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
-@pytest.mark.parametrize("batch, seq_len, width", [(1, 1, 64), (3, 11, 64), (64, 128, 384), (2, 512, 1024)],
-                         ids=["one_token", "small", "minilm_batch", "bert_large_512"])
+# odd_tokens_256: an odd token count, so that the last block's warps run past the last token.
+@pytest.mark.parametrize("batch, seq_len, width", [(1, 1, 64), (3, 11, 64), (5, 7, 256), (64, 128, 384),
+                                                   (2, 512, 1024)],
+                         ids=["one_token", "small", "odd_tokens_256", "minilm_batch", "bert_large_512"])
 def test_matches_reference(device, dtype, batch, seq_len, width):
     args = sample_inputs(device, dtype, batch=batch, seq_len=seq_len, width=width, positions=512)
     out = torch.ops.fusedbert.embeddings(*args)

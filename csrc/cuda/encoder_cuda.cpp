@@ -88,10 +88,13 @@ Epilogue activation_epilogue(Activation activation) {
 //
 // The FP8 FFN (fp8_ffn_scales defined): LN1 writes its output as e4m3 codes too, FFN1 writes the GELU's
 // output as codes, and FFN2 reads them (fusedbert/fp8.py).
+//
+// The last layer (restore_padded_shape) writes its second LayerNorm straight into the padded [B * S, H]
+// output, zeros at padding, so that restoring the padded shape costs no pass of its own.
 at::Tensor run_layer(
     const at::Tensor& x, at::TensorList weights, int64_t layer, const EncoderDims& dims, double eps,
     const PackedBatch& packed, const at::Tensor& key_bias, const at::Tensor& fp8_ffn_scales,
-    const at::Tensor& workspace) {
+    const at::Tensor& workspace, bool restore_padded_shape) {
   auto w = [&](WeightSlot slot) -> const at::Tensor& { return layer_weight(weights, layer, slot); };
   const int64_t rows = x.size(0), width = dims.hidden;
 
@@ -118,6 +121,11 @@ at::Tensor run_layer(
     at::Tensor inner = at::empty({rows, dims.intermediate}, x.options());
     linear(inner, attn, w(kFfn1Weight), w(kFfn1Bias), activation_epilogue(dims.activation), workspace);
     linear(out, inner, w(kFfn2Weight), {}, Epilogue::None, workspace);
+  }
+  if (restore_padded_shape) {
+    // Padded rows (key_bias given) keep their positions; packed rows go back to theirs.
+    return bias_residual_layernorm_scatter(out, w(kFfn2Bias), attn, w(kLn2Weight), w(kLn2Bias), eps, packed,
+                                           /*rows_are_packed=*/!key_bias.defined());
   }
   bias_residual_layernorm_(out, w(kFfn2Bias), attn, w(kLn2Weight), w(kLn2Bias), eps);
   return out;
@@ -175,10 +183,11 @@ at::Tensor encoder_cuda(
   // GEMMs there were at most 7% faster, and the prefetch kernels took SMs from the layer's own (H100,
   // docs/benchmarks.md, "The next layer's weights prefetched into L2").
   for (int64_t layer = 0; layer < dims.num_layers; ++layer) {
-    x = run_layer(x, weights, layer, dims, layer_norm_eps, packed, key_bias, scales, workspace);
+    const bool last = layer + 1 == dims.num_layers;  // check_encoder_args admits no encoder without layers
+    x = run_layer(x, weights, layer, dims, layer_norm_eps, packed, key_bias, scales, workspace, last);
   }
-  // Padding positions come back as zeros in both modes, as on CPU.
-  return scatter_real_tokens(x, packed, remove_padding).view({dims.batch, dims.seq_len, dims.hidden});
+  // The last layer has written [B * S, H]: padding positions come back as zeros in both modes, as on CPU.
+  return x.view({dims.batch, dims.seq_len, dims.hidden});
 }
 
 at::Tensor embeddings_cuda(

@@ -12,6 +12,7 @@
 
 #include <climits>
 #include <cstdint>
+#include <initializer_list>
 #include <type_traits>
 
 namespace fusedbert::cuda {
@@ -131,8 +132,8 @@ __global__ void summarize_kernel(
 // Row copies are dtype-agnostic: unit_t is the widest access (16, 8, 4 or 2 bytes) that the row size
 // and both base pointers allow. A warp per padded position, kCopyWarps positions per block. With a block
 // per position, the 16,384 blocks of a 128 x 128 batch took ~20.7 us to gather on an H100 whatever the row
-// width (MiniLM's 384 as bert-base's 768); a warp per position takes 4.8 and 8.2-9.2 us. The scatter, which
-// writes every padded position, went from 11.4 to 6.2 us for MiniLM and stayed at ~12 us for bert-base.
+// width (MiniLM's 384 as bert-base's 768); a warp per position takes 4.8 and 8.2-9.2 us. (The way back to
+// the padded shape is the last LayerNorm's: bias_residual_layernorm_scatter_kernel.)
 constexpr int kCopyWarps = 8;
 
 // The padded position this warp copies, or -1 past the last one.
@@ -163,25 +164,6 @@ __global__ void gather_rows_kernel(
   for (int64_t i = threadIdx.x % 32; i < units_per_row; i += 32) {
     packed[dest * units_per_row + i] = hidden[position * units_per_row + i];
   }
-}
-
-template <typename unit_t>
-__global__ void scatter_rows_kernel(
-    const unit_t* __restrict__ rows, const int32_t* __restrict__ rank, const int32_t* __restrict__ cu_seqlens,
-    int64_t positions, int64_t seq_len, int64_t units_per_row, bool rows_are_packed, int64_t row_count,
-    unit_t* __restrict__ out) {
-  const int64_t position = copy_position(positions);
-  if (position < 0) return;
-  const int32_t r = rank[position];
-  unit_t* dst = out + position * units_per_row;
-  const int64_t src_row = r < 0 ? -1 : rows_are_packed ? cu_seqlens[position / seq_len] + r : position;
-  if (src_row < 0 || src_row >= row_count) {  // padding, or a real token past a capture's row bound
-    for (int64_t i = threadIdx.x % 32; i < units_per_row; i += 32) dst[i] = unit_t{};
-    return;
-  }
-  const unit_t* src = rows + src_row * units_per_row;
-#pragma unroll 4
-  for (int64_t i = threadIdx.x % 32; i < units_per_row; i += 32) dst[i] = src[i];
 }
 
 int64_t copy_unit_bytes(int64_t row_bytes, const void* a, const void* b) {
@@ -270,7 +252,10 @@ struct WarpRow {
 // LayerNorms went from 0.142 to 0.101 ms and its embeddings from 0.024 to 0.020 (a block of 64 threads, 48
 // of them with a pack, per row before). At bert-base's 768 (3 packs per lane) a warp per row was no gain:
 // its 24 LayerNorms took 0.292 against 0.316 ms eager at bs128 var, but 0.320 against 0.316 from graphs,
-// and 0.105 / 0.109 against 0.097 / 0.090 ms at bs32 var (branch attempt/ln-warp-warm-tune).
+// and 0.105 / 0.109 against 0.097 / 0.090 ms at bs32 var (branch attempt/ln-warp-warm-tune). Half a warp per
+// MiniLM row (3 packs a lane, each half's reductions on its own lanes) traded on an H100: 1.4% faster from
+// graphs at bs128 var, where a warp per row needs a second round of warps, and 4.8% slower at bs32 var
+// (docs/benchmarks.md, "LayerNorm rows on half a warp").
 constexpr int kMaxWarpPacks = 2;
 constexpr int kWarpRowThreads = 256;  // 8 rows per block
 
@@ -403,6 +388,36 @@ __global__ void bias_residual_layernorm_kernel(
                                 codes != nullptr ? codes + offset : nullptr, code_inverse);
 }
 
+// The last layer's second LayerNorm written straight into the padded output, so that restoring the padded
+// shape costs no pass of its own: out[p] = LayerNorm(y[src] + bias + residual[src]) for each padded position p,
+// src its packed row (rows_are_packed) or p itself; zeros where p is padding or src is past y's row_count rows
+// (a real token beyond a capture's row bound, as in find_real_tokens).
+template <typename scalar_t, int kPacks, typename Row>
+__global__ void bias_residual_layernorm_scatter_kernel(
+    const scalar_t* __restrict__ y, const scalar_t* __restrict__ bias, const scalar_t* __restrict__ residual,
+    const scalar_t* __restrict__ gamma, const scalar_t* __restrict__ beta, const int32_t* __restrict__ rank,
+    const int32_t* __restrict__ cu_seqlens, int64_t positions, int64_t seq_len, bool rows_are_packed,
+    int64_t row_count, int width, float eps, scalar_t* __restrict__ out) {
+  constexpr int V = kVec<scalar_t>;
+  const Row row;
+  const int64_t position = row.row();
+  if (position >= positions) return;  // a whole warp past the last position, so reductions stay whole
+  const int32_t r = rank[position];
+  const int64_t src = r < 0 ? -1 : rows_are_packed ? cu_seqlens[position / seq_len] + r : position;
+  scalar_t* dst = out + position * width;
+  if (src < 0 || src >= row_count) {
+#pragma unroll
+    for (int p = 0; p < kPacks; ++p) {
+      const int col = pack_column<scalar_t>(row, p);
+      if (col < width) store_pack(dst + col, Pack<scalar_t>{});
+    }
+    return;
+  }
+  float v[kPacks][V];
+  const float sum = add_rows<scalar_t>(v, row, width, y + src * width, bias, residual + src * width);
+  layernorm_and_store<scalar_t>(v, sum, row, width, eps, gamma, beta, dst);
+}
+
 // ---- embeddings -------------------------------------------------------------------------------------
 
 // One index tensor of fusedbert::embeddings ([B, S] int64, any strides) and the rows of its table.
@@ -530,25 +545,6 @@ at::Tensor gather_real_tokens(const at::Tensor& hidden, const PackedBatch& packe
   return out;
 }
 
-at::Tensor scatter_real_tokens(const at::Tensor& rows, const PackedBatch& packed, bool rows_are_packed) {
-  const int64_t batch = packed.rank_in_sequence.size(0), seq_len = packed.rank_in_sequence.size(1);
-  const int64_t width = rows.size(1);
-  at::Tensor out = at::empty({batch * seq_len, width}, rows.options());
-  if (out.numel() == 0) return out;
-  const int64_t row_bytes = width * rows.element_size();
-  dispatch_copy_unit(copy_unit_bytes(row_bytes, rows.data_ptr(), out.data_ptr()), [&](auto unit_tag) {
-    using unit_t = decltype(unit_tag);
-    const int64_t units = row_bytes / static_cast<int64_t>(sizeof(unit_t));
-    const int64_t positions = batch * seq_len;
-    scatter_rows_kernel<unit_t><<<copy_blocks(positions), 32 * kCopyWarps, 0, at::cuda::getCurrentCUDAStream()>>>(
-        static_cast<const unit_t*>(rows.data_ptr()), packed.rank_in_sequence.data_ptr<int32_t>(),
-        packed.cu_seqlens.data_ptr<int32_t>(), positions, seq_len, units, rows_are_packed, rows.size(0),
-        static_cast<unit_t*>(out.data_ptr()));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return out;
-}
-
 void bias_activation_(at::Tensor& x, const at::Tensor& bias, Activation activation) {
   const int64_t width = x.size(1);
   if (x.numel() == 0) return;
@@ -573,6 +569,16 @@ void bias_activation_(at::Tensor& x, const at::Tensor& bias, Activation activati
   });
 }
 
+// The LayerNorms' rows are read and written in 16-byte packs, at most 1024 of them (a block's threads).
+template <typename scalar_t>
+void check_layernorm_rows(int64_t width, std::initializer_list<const at::Tensor*> buffers) {
+  constexpr int V = kVec<scalar_t>;
+  bool aligned = true;
+  for (const at::Tensor* buffer : buffers) aligned = aligned && (buffer == nullptr || pack_aligned<uint8_t>(*buffer));
+  TORCH_CHECK(width % V == 0 && width / V <= 1024 && aligned, "fusedbert::encoder (CUDA): the hidden size must be a "
+              "multiple of ", V, " and at most ", 1024 * V, " with 16-byte aligned buffers; got ", width);
+}
+
 void bias_residual_layernorm_(
     at::Tensor& y, const at::Tensor& bias, const at::Tensor& residual, const at::Tensor& gamma,
     const at::Tensor& beta, double eps, const E4m3Output& codes) {
@@ -580,12 +586,7 @@ void bias_residual_layernorm_(
   if (rows == 0) return;
   dispatch_storage_type(y.scalar_type(), "bias_residual_layernorm", [&](auto tag) {
     using scalar_t = decltype(tag);
-    constexpr int V = kVec<scalar_t>;
-    const bool aligned = pack_aligned<scalar_t>(y) && pack_aligned<scalar_t>(residual) &&
-                         pack_aligned<scalar_t>(bias) && pack_aligned<scalar_t>(gamma) && pack_aligned<scalar_t>(beta) &&
-                         (codes.codes == nullptr || pack_aligned<uint8_t>(*codes.codes));
-    TORCH_CHECK(width % V == 0 && width / V <= 1024 && aligned, "fusedbert::encoder (CUDA): the hidden size must be a "
-                "multiple of ", V, " and at most ", 1024 * V, " with 16-byte aligned buffers; got ", width);
+    check_layernorm_rows<scalar_t>(width, {&y, &bias, &residual, &gamma, &beta, codes.codes});
     launch_rows<scalar_t>(rows, width, [&](auto packs, auto row, int64_t blocks, int threads) {
       bias_residual_layernorm_kernel<scalar_t, decltype(packs)::value, decltype(row)>
           <<<blocks, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
@@ -596,6 +597,30 @@ void bias_residual_layernorm_(
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
+}
+
+at::Tensor bias_residual_layernorm_scatter(
+    const at::Tensor& y, const at::Tensor& bias, const at::Tensor& residual, const at::Tensor& gamma,
+    const at::Tensor& beta, double eps, const PackedBatch& packed, bool rows_are_packed) {
+  const int64_t batch = packed.rank_in_sequence.size(0), seq_len = packed.rank_in_sequence.size(1);
+  const int64_t positions = batch * seq_len, width = y.size(1);
+  at::Tensor out = at::empty({positions, width}, y.options());
+  if (out.numel() == 0) return out;
+  dispatch_storage_type(y.scalar_type(), "bias_residual_layernorm_scatter", [&](auto tag) {
+    using scalar_t = decltype(tag);
+    check_layernorm_rows<scalar_t>(width, {&y, &bias, &residual, &gamma, &beta, &out});
+    launch_rows<scalar_t>(positions, width, [&](auto packs, auto row, int64_t blocks, int threads) {
+      bias_residual_layernorm_scatter_kernel<scalar_t, decltype(packs)::value, decltype(row)>
+          <<<blocks, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              y.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(), residual.const_data_ptr<scalar_t>(),
+              gamma.const_data_ptr<scalar_t>(), beta.const_data_ptr<scalar_t>(),
+              packed.rank_in_sequence.const_data_ptr<int32_t>(), packed.cu_seqlens.const_data_ptr<int32_t>(), positions,
+              seq_len, rows_are_packed, y.size(0), static_cast<int>(width), static_cast<float>(eps),
+              out.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out;
 }
 
 void embeddings(const EmbeddingIndices& indices, const at::Tensor& word, const at::Tensor& token_type,

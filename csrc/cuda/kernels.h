@@ -36,10 +36,6 @@ PackedBatch find_real_tokens(const at::Tensor& mask, bool read_back, int64_t row
 // hidden: [B * S, H] contiguous. Returns the real rows packed in order, then zero rows: [packed_rows, H].
 at::Tensor gather_real_tokens(const at::Tensor& hidden, const PackedBatch& packed);
 
-// Returns [B * S, H] with real rows taken from `rows` and zeros at padding. `rows` is [T, H] packed
-// (rows_are_packed) or [B * S, H] in padded order.
-at::Tensor scatter_real_tokens(const at::Tensor& rows, const PackedBatch& packed, bool rows_are_packed);
-
 // Self-attention of packed sequences, softmax(Q K^T / sqrt(head_dim)) V per sequence and head
 // (csrc/cuda/attention.cu). qkv: [rows, 3H] float16/bfloat16, contiguous, each row [Q | K | V] with the
 // heads side by side; cu_seqlens: [B + 1] int32 on the device, sequence b owning rows
@@ -75,5 +71,19 @@ void bias_residual_layernorm_(
     const at::Tensor& beta,
     double eps,
     const E4m3Output& codes = {});
+
+// The last layer's second LayerNorm, written into the padded shape: returns [B * S, H] whose row p is
+// LayerNorm(y[src] + bias + residual[src]) * gamma + beta, src being p's packed row (rows_are_packed: y is
+// [T, H] packed) or p itself (y is [B * S, H] in padded order), and zeros where p is padding or src is past
+// y's rows. y, residual: contiguous, as many rows; bias, gamma, beta: [H].
+at::Tensor bias_residual_layernorm_scatter(
+    const at::Tensor& y,
+    const at::Tensor& bias,
+    const at::Tensor& residual,
+    const at::Tensor& gamma,
+    const at::Tensor& beta,
+    double eps,
+    const PackedBatch& packed,
+    bool rows_are_packed);
 
 }  // namespace fusedbert::cuda
