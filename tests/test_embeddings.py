@@ -44,7 +44,7 @@ def sample_inputs(device="cpu", dtype=torch.float32, batch=3, seq_len=11, width=
 
 
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
-# odd_tokens_256: an odd token count, so that the last block's warps run past the last token.
+# odd_tokens_256: two full packs a lane where a warp holds a float32 row, at an odd token count.
 @pytest.mark.parametrize("batch, seq_len, width", [(1, 1, 64), (3, 11, 64), (5, 7, 256), (64, 128, 384),
                                                    (2, 512, 1024)],
                          ids=["one_token", "small", "odd_tokens_256", "minilm_batch", "bert_large_512"])

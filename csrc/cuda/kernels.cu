@@ -464,6 +464,16 @@ bool pack_aligned(const at::Tensor& t) {
   return reinterpret_cast<uintptr_t>(t.data_ptr()) % sizeof(Pack<scalar_t>) == 0;
 }
 
+// The LayerNorms' rows are read and written in 16-byte packs, at most 1024 of them (a block's threads).
+template <typename scalar_t>
+void check_layernorm_rows(int64_t width, std::initializer_list<const at::Tensor*> buffers) {
+  constexpr int V = kVec<scalar_t>;
+  bool aligned = true;
+  for (const at::Tensor* buffer : buffers) aligned = aligned && (buffer == nullptr || pack_aligned<uint8_t>(*buffer));
+  TORCH_CHECK(width % V == 0 && width / V <= 1024 && aligned, "fusedbert::encoder (CUDA): the hidden size must be a "
+              "multiple of ", V, " and at most ", 1024 * V, " with 16-byte aligned buffers; got ", width);
+}
+
 }  // namespace
 
 bool current_stream_is_capturing() {
@@ -567,16 +577,6 @@ void bias_activation_(at::Tensor& x, const at::Tensor& bias, Activation activati
       case Activation::Relu: launch(bias_activation_kernel<scalar_t, Activation::Relu>); break;
     }
   });
-}
-
-// The LayerNorms' rows are read and written in 16-byte packs, at most 1024 of them (a block's threads).
-template <typename scalar_t>
-void check_layernorm_rows(int64_t width, std::initializer_list<const at::Tensor*> buffers) {
-  constexpr int V = kVec<scalar_t>;
-  bool aligned = true;
-  for (const at::Tensor* buffer : buffers) aligned = aligned && (buffer == nullptr || pack_aligned<uint8_t>(*buffer));
-  TORCH_CHECK(width % V == 0 && width / V <= 1024 && aligned, "fusedbert::encoder (CUDA): the hidden size must be a "
-              "multiple of ", V, " and at most ", 1024 * V, " with 16-byte aligned buffers; got ", width);
 }
 
 void bias_residual_layernorm_(
