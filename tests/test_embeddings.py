@@ -45,9 +45,12 @@ def sample_inputs(device="cpu", dtype=torch.float32, batch=3, seq_len=11, width=
 
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
 # odd_tokens_256: two full packs a lane where a warp holds a float32 row, at an odd token count.
+# half_warp_rows: more tokens than a GPU holds warps at once, so float16 / bfloat16 rows take half a warp each;
+# an odd count, so the last warp's second half has no row.
 @pytest.mark.parametrize("batch, seq_len, width", [(1, 1, 64), (3, 11, 64), (5, 7, 256), (64, 128, 384),
-                                                   (2, 512, 1024)],
-                         ids=["one_token", "small", "odd_tokens_256", "minilm_batch", "bert_large_512"])
+                                                   (161, 127, 384), (2, 512, 1024)],
+                         ids=["one_token", "small", "odd_tokens_256", "minilm_batch", "half_warp_rows",
+                              "bert_large_512"])
 def test_matches_reference(device, dtype, batch, seq_len, width):
     args = sample_inputs(device, dtype, batch=batch, seq_len=seq_len, width=width, positions=512)
     out = torch.ops.fusedbert.embeddings(*args)

@@ -227,8 +227,8 @@ __device__ __forceinline__ float block_sum(float value) {
   return total;
 }
 
-// The threads that hold one row of a LayerNorm: the whole block (a row per block), or one warp (a row per
-// warp, no shared memory and no barrier, for narrow rows: see kMaxWarpPacks).
+// The threads that hold one row of a LayerNorm: the whole block (a row per block), or kLanes lanes of one warp
+// (a row per warp or per half warp, no shared memory and no barrier, for narrow rows: see launch_rows).
 struct BlockRow {
   __device__ int64_t row() const { return blockIdx.x; }
   __device__ int lane() const { return threadIdx.x; }
@@ -236,38 +236,49 @@ struct BlockRow {
   __device__ float sum(float value) const { return block_sum(value); }
 };
 
-struct WarpRow {
-  __device__ int64_t row() const { return static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; }
-  __device__ int lane() const { return threadIdx.x % 32; }
-  __device__ int lanes() const { return 32; }
+template <int kLanes>
+struct LaneRow {
+  static_assert(kLanes == 16 || kLanes == 32);
+  __device__ int64_t row() const {
+    return (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kLanes;
+  }
+  __device__ int lane() const { return threadIdx.x % kLanes; }
+  __device__ int lanes() const { return kLanes; }
   __device__ float sum(float value) const {
+    // The mask names this row's lanes only (xor offsets below kLanes stay among them), so a half warp whose
+    // other half is past the last row, and has returned, reduces alone.
+    const unsigned mask = kLanes == 32 ? 0xffffffffu : 0xffffu << (threadIdx.x & 16);
 #pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
+    for (int offset = kLanes / 2; offset > 0; offset >>= 1) value += __shfl_xor_sync(mask, value, offset);
     return value;
   }
 };
 
-// A row per warp where it takes at most this many 16-byte packs per lane (float16 / bfloat16 rows of up to
-// 512 values: MiniLM's 384), a row per block otherwise. On an H100 at bs128 var from graphs, MiniLM's 12
-// LayerNorms went from 0.142 to 0.101 ms and its embeddings from 0.024 to 0.020 (a block of 64 threads, 48
-// of them with a pack, per row before). At bert-base's 768 (3 packs per lane) a warp per row was no gain:
-// its 24 LayerNorms took 0.292 against 0.316 ms eager at bs128 var, but 0.320 against 0.316 from graphs,
-// and 0.105 / 0.109 against 0.097 / 0.090 ms at bs32 var (branch attempt/ln-warp-warm-tune). Half a warp per
-// MiniLM row (3 packs a lane, each half's reductions on its own lanes) traded on an H100: 1.4% faster from
-// graphs at bs128 var, where a warp per row needs a second round of warps, and 4.8% slower at bs32 var
-// (docs/benchmarks.md, "LayerNorm rows on half a warp").
-constexpr int kMaxWarpPacks = 2;
-constexpr int kWarpRowThreads = 256;  // 8 rows per block
+// Narrow rows take lanes of a warp each, not a block: a warp per row where that needs at most kMaxLanePacks
+// 16-byte packs per lane (float16 / bfloat16 rows of up to 512 values: MiniLM's 384), a half warp per row
+// where half a warp takes it in at most kMaxHalfWarpPacks and there are more rows than the GPU holds warps at
+// once. On an H100 at bs128 var from graphs, a warp per row took MiniLM's 12 LayerNorms from 0.142 to 0.101
+// ms and its embeddings from 0.024 to 0.020 (a block of 64 threads, 48 of them with a pack, per row before).
+// Half a warp per MiniLM row (3 packs a lane) was 1.4% faster from graphs at bs128 var (9,088 rows), where a
+// warp per row needs a second round of warps, and 4.8% slower at bs32 var (2,176 rows), where half as many
+// warps, each with 3 loads in a row, hide less of the loads' latency (docs/benchmarks.md, "LayerNorm rows on
+// half a warp"). Taking half warps only past the resident warps gave both: 0.783 / 0.785 ms at bs128 var and
+// 0.341 / 0.347 at bs32 var (docs/benchmarks.md, "Half-warp rows past the resident warps"). At bert-base's 768 (3 packs per lane of a warp) a warp per row was no gain: its 24
+// LayerNorms took 0.292 against 0.316 ms eager at bs128 var, but 0.320 against 0.316 from graphs, and 0.105 /
+// 0.109 against 0.097 / 0.090 ms at bs32 var (branch attempt/ln-warp-warm-tune).
+constexpr int kMaxLanePacks = 2;
+constexpr int kMaxHalfWarpPacks = 3;
+constexpr int kLaneRowThreads = 256;
 
-// Packs per lane of a row of `width` values spread over a warp: 1 or 2 where a warp takes the row, else 0.
-template <typename scalar_t>
-int warp_row_packs(int64_t width) {
-  const int64_t packs = (width / kVec<scalar_t> + 31) / 32;
-  return packs <= kMaxWarpPacks ? static_cast<int>(packs) : 0;
+// The warps the GPU holds at once by its SMs' thread limit: past this many rows, a warp per row runs in more
+// than one round.
+int resident_warps() {
+  const cudaDeviceProp* properties = at::cuda::getCurrentDeviceProperties();
+  return properties->multiProcessorCount * (properties->maxThreadsPerMultiProcessor / 32);
 }
 
-int64_t warp_row_blocks(int64_t rows) {
-  constexpr int64_t rows_per_block = kWarpRowThreads / 32;
+int64_t lane_row_blocks(int64_t rows, int lanes) {
+  const int64_t rows_per_block = kLaneRowThreads / lanes;
   return (rows + rows_per_block - 1) / rows_per_block;
 }
 
@@ -304,16 +315,28 @@ __device__ __forceinline__ float add_rows(
 }
 
 // Launches launch(packs, row, blocks, threads) with the layout for `rows` rows of `width` values: a row per
-// warp or per block (kMaxWarpPacks), `packs` a std::integral_constant of the packs per thread and `row` a
-// WarpRow or a BlockRow, for the kernel's template arguments.
+// half warp, warp or block (kMaxLanePacks), `packs` a std::integral_constant of the packs per thread and `row`
+// a LaneRow or a BlockRow, for the kernel's template arguments.
 template <typename scalar_t, typename Launch>
 void launch_rows(int64_t rows, int64_t width, Launch&& launch) {
-  switch (warp_row_packs<scalar_t>(width)) {
-    case 1: return launch(std::integral_constant<int, 1>{}, WarpRow{}, warp_row_blocks(rows), kWarpRowThreads);
-    case 2: return launch(std::integral_constant<int, 2>{}, WarpRow{}, warp_row_blocks(rows), kWarpRowThreads);
-    default:
-      return launch(std::integral_constant<int, 1>{}, BlockRow{}, rows, block_row_threads(width / kVec<scalar_t>));
+  using One = std::integral_constant<int, 1>;
+  using Two = std::integral_constant<int, 2>;
+  using Three = std::integral_constant<int, 3>;
+  const int64_t packs = width / kVec<scalar_t>;
+  if (packs <= 16 * kMaxHalfWarpPacks && rows > resident_warps()) {
+    const int64_t blocks = lane_row_blocks(rows, 16);
+    switch ((packs + 15) / 16) {
+      case 1: return launch(One{}, LaneRow<16>{}, blocks, kLaneRowThreads);
+      case 2: return launch(Two{}, LaneRow<16>{}, blocks, kLaneRowThreads);
+      default: return launch(Three{}, LaneRow<16>{}, blocks, kLaneRowThreads);
+    }
   }
+  if (packs <= 32 * kMaxLanePacks) {
+    const int64_t blocks = lane_row_blocks(rows, 32);
+    if (packs <= 32) return launch(One{}, LaneRow<32>{}, blocks, kLaneRowThreads);
+    return launch(Two{}, LaneRow<32>{}, blocks, kLaneRowThreads);
+  }
+  return launch(One{}, BlockRow{}, rows, block_row_threads(packs));
 }
 
 // A pack's values, already rounded to scalar_t, times `inverse` and rounded to e4m3 codes (nearest,
@@ -380,7 +403,7 @@ __global__ void bias_residual_layernorm_kernel(
   constexpr int V = kVec<scalar_t>;
   const Row row;
   const int64_t r = row.row();
-  if (r >= rows) return;  // a warp past the last row; never a thread of a row, so reductions stay whole
+  if (r >= rows) return;  // lanes past the last row; never part of a row, so reductions stay whole
   const int64_t offset = r * width;
   float v[kPacks][V];
   const float sum = add_rows<scalar_t>(v, row, width, y + offset, bias, residual + offset);
@@ -401,7 +424,7 @@ __global__ void bias_residual_layernorm_scatter_kernel(
   constexpr int V = kVec<scalar_t>;
   const Row row;
   const int64_t position = row.row();
-  if (position >= positions) return;  // a whole warp past the last position, so reductions stay whole
+  if (position >= positions) return;  // lanes past the last position, so reductions stay whole
   const int32_t r = rank[position];
   const int64_t src = r < 0 ? -1 : rows_are_packed ? cu_seqlens[position / seq_len] + r : position;
   scalar_t* dst = out + position * width;
@@ -450,7 +473,7 @@ __global__ void embeddings_kernel(
   constexpr int V = kVec<scalar_t>;
   const Row row;
   const int64_t token = row.row();
-  if (token >= tokens) return;  // a warp past the last token
+  if (token >= tokens) return;  // lanes past the last token
   const int64_t b = token / seq_len, s = token % seq_len;
   float v[kPacks][V];
   const float sum = add_rows<scalar_t>(v, row, width, word + ids.row(b, s) * width,
