@@ -16,7 +16,7 @@ __device__ __forceinline__ float activate(float x) {
   if constexpr (kAct == Activation::GeluErf && std::is_same_v<scalar_t, float>) {
     return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
   } else if constexpr (kAct == Activation::GeluErf) {
-    return gelu_erf_low_precision(x);  // as the CUTLASS epilogue computes it (gelu.cuh)
+    return gelu_erf_fit(x);  // as the CUTLASS epilogue computes it (gelu.cuh)
   } else if constexpr (kAct == Activation::GeluTanh) {
     return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
   } else {

@@ -98,7 +98,7 @@ __device__ __forceinline__ float finish(float x, const scalar_t* bias, int col, 
   x += static_cast<float>(bias[col]);
   if constexpr (kEpilogue == Epilogue::BiasRelu) return activate<scalar_t, Activation::Relu>(x);
   if constexpr (kEpilogue == Epilogue::BiasGeluTanh) return activate<scalar_t, Activation::GeluTanh>(x);
-  if constexpr (kEpilogue == Epilogue::BiasGeluErf && kIsE4m3<operand_t>) return gelu_erf_e4m3(x) * *steps.out_inverse;
+  if constexpr (kEpilogue == Epilogue::BiasGeluErf && kIsE4m3<operand_t>) return gelu_erf_fit(x) * *steps.out_inverse;
   if constexpr (kEpilogue == Epilogue::BiasGeluErf) return activate<scalar_t, Activation::GeluErf>(x);
   return x;
 }

@@ -25,7 +25,7 @@ void skinny_linear(at::Tensor& out, const at::Tensor& in, const at::Tensor& weig
 
 // The same kernel for the FP8 FFN's GEMMs (gemm.h's fp8_linear; sm90::fp8_linear computes the same): in and
 // weight e4m3 codes, their product scaled by *in_step * *weight_step in float32; Ffn1 then adds the bias
-// and writes e4m3 codes of gelu.cuh's gelu_erf_e4m3 times *out_inverse, Ffn2 writes model_dtype. Why: at 16
+// and writes e4m3 codes of gelu.cuh's gelu_erf_fit times *out_inverse, Ffn2 writes model_dtype. Why: at 16
 // tokens of bert-base on the H100 it takes 4.7 and 6.9 us (FFN1, FFN2), the CUTLASS FP8 kernels 7.5 and 9.0,
 // which made FP8 slower than float16 at one sequence.
 const char* skinny_fp8_linear_refusal(int64_t rows, int64_t n, int64_t k, int64_t alignment);

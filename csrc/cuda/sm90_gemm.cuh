@@ -21,15 +21,11 @@
 
 namespace fusedbert::cuda::sm90::detail {
 
-// gelu.cuh's GELUs as CUTLASS epilogue activations, applied to float32 fragments: kForE4m3 picks the one
-// for the FP8 FFN1's e4m3 output.
-template <bool kForE4m3>
+// gelu.cuh's GELU as a CUTLASS epilogue activation, applied to float32 fragments.
 struct GeluErfFit {
-  CUTLASS_DEVICE static float apply(float x) { return kForE4m3 ? gelu_erf_e4m3(x) : gelu_erf_low_precision(x); }
-
   template <typename T>
   struct Activation {
-    CUTLASS_DEVICE T operator()(T const& x) const { return T(apply(static_cast<float>(x))); }
+    CUTLASS_DEVICE T operator()(T const& x) const { return T(gelu_erf_fit(static_cast<float>(x))); }
   };
 
   template <int N>
@@ -37,7 +33,7 @@ struct GeluErfFit {
     CUTLASS_DEVICE cutlass::Array<float, N> operator()(cutlass::Array<float, N> const& x) const {
       cutlass::Array<float, N> y;
       CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < N; ++i) y[i] = apply(x[i]);
+      for (int i = 0; i < N; ++i) y[i] = gelu_erf_fit(x[i]);
       return y;
     }
   };
@@ -130,7 +126,7 @@ template <typename Element, typename TileShape, typename ClusterShape, typename 
           typename EpilogueSchedule, typename EpilogueTile = cutlass::epilogue::collective::EpilogueTileAuto>
 struct BiasGeluGemm {
   // D = gelu_erf(acc + bias[row]) in float32 (gelu.cuh); no C operand (void) so nothing is read but the bias.
-  using Fusion = cutlass::epilogue::fusion::LinCombPerRowBiasEltAct<GeluErfFit<false>::Activation, Element, float,
+  using Fusion = cutlass::epilogue::fusion::LinCombPerRowBiasEltAct<GeluErfFit::Activation, Element, float,
                                                                      Element, Element, float>;
   using Gemm = typename TokenMajorGemm<Element, Element, Fusion, TileShape, ClusterShape, KernelSchedule,
                                        EpilogueSchedule, void, EpilogueTile>::Gemm;
@@ -186,7 +182,7 @@ template <typename TileShape, typename ClusterShape, typename KernelSchedule, ty
           typename TileScheduler>
 struct Fp8Configuration {
   template <typename Element>
-  using Ffn1 = Fp8Gemm<cutlass::float_e4m3_t, Element, GeluErfFit<true>::Activation, TileShape, ClusterShape,
+  using Ffn1 = Fp8Gemm<cutlass::float_e4m3_t, Element, GeluErfFit::Activation, TileShape, ClusterShape,
                        KernelSchedule, EpilogueSchedule, TileScheduler>;
   template <typename Element>
   using Ffn2 = Fp8Gemm<Element, Element, cutlass::epilogue::thread::Identity, TileShape, ClusterShape, KernelSchedule,
