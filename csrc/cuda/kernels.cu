@@ -254,20 +254,20 @@ struct LaneRow {
   }
 };
 
-// Narrow rows take lanes of a warp each, not a block: a warp per row where that needs at most kMaxLanePacks
-// 16-byte packs per lane (float16 / bfloat16 rows of up to 512 values: MiniLM's 384), a half warp per row
-// where half a warp takes it in at most kMaxHalfWarpPacks and there are more rows than the GPU holds warps at
-// once. On an H100 at bs128 var from graphs, a warp per row took MiniLM's 12 LayerNorms from 0.142 to 0.101
-// ms and its embeddings from 0.024 to 0.020 (a block of 64 threads, 48 of them with a pack, per row before).
-// Half a warp per MiniLM row (3 packs a lane) was 1.4% faster from graphs at bs128 var (9,088 rows), where a
-// warp per row needs a second round of warps, and 4.8% slower at bs32 var (2,176 rows), where half as many
-// warps, each with 3 loads in a row, hide less of the loads' latency (docs/benchmarks.md, "LayerNorm rows on
-// half a warp"). Taking half warps only past the resident warps gave both: 0.783 / 0.785 ms at bs128 var and
-// 0.341 / 0.347 at bs32 var (docs/benchmarks.md, "Half-warp rows past the resident warps"). At bert-base's 768 (3 packs per lane of a warp) a warp per row was no gain: its 24
-// LayerNorms took 0.292 against 0.316 ms eager at bs128 var, but 0.320 against 0.316 from graphs, and 0.105 /
-// 0.109 against 0.097 / 0.090 ms at bs32 var (branch attempt/ln-warp-warm-tune).
-constexpr int kMaxLanePacks = 2;
-constexpr int kMaxHalfWarpPacks = 3;
+// Narrow rows take lanes of a warp each, not a block: a warp per row where that needs at most kMaxWarpRowPacks
+// 16-byte packs per lane (float16 / bfloat16 rows of up to 512 values: MiniLM's 384), a half warp per row where
+// half a warp takes it in at most kMaxHalfWarpRowPacks and there are more rows than the GPU holds warps at once. On
+// an H100 at bs128 var from graphs, a warp per row took MiniLM's 12 LayerNorms from 0.142 to 0.101 ms and its
+// embeddings from 0.024 to 0.020 (a block of 64 threads, 48 of them with a pack, per row before). Half a warp per
+// MiniLM row (3 packs a lane) was 1.4% faster from graphs at bs128 var (9,088 rows), where a warp per row needs a
+// second round of warps, and 4.8% slower at bs32 var (2,176 rows), where half as many warps, each with 3 loads in a
+// row, hide less of the loads' latency (docs/benchmarks.md, "LayerNorm rows on half a warp"). Taking half warps
+// only past the resident warps gave both: 0.783 / 0.785 ms at bs128 var and 0.341 / 0.347 at bs32 var
+// (docs/benchmarks.md, "Half-warp rows past the resident warps"). At bert-base's 768 (3 packs per lane of a warp) a
+// warp per row was no gain: its 24 LayerNorms took 0.292 against 0.316 ms eager at bs128 var, but 0.320 against
+// 0.316 from graphs, and 0.105 / 0.109 against 0.097 / 0.090 ms at bs32 var (branch attempt/ln-warp-warm-tune).
+constexpr int kMaxWarpRowPacks = 2;
+constexpr int kMaxHalfWarpRowPacks = 3;
 constexpr int kLaneRowThreads = 256;
 
 // The warps the GPU holds at once by its SMs' thread limit: past this many rows, a warp per row runs in more
@@ -315,7 +315,7 @@ __device__ __forceinline__ float add_rows(
 }
 
 // Launches launch(packs, row, blocks, threads) with the layout for `rows` rows of `width` values: a row per
-// half warp, warp or block (kMaxLanePacks), `packs` a std::integral_constant of the packs per thread and `row`
+// half warp, warp or block (kMaxWarpRowPacks), `packs` a std::integral_constant of the packs per thread and `row`
 // a LaneRow or a BlockRow, for the kernel's template arguments.
 template <typename scalar_t, typename Launch>
 void launch_rows(int64_t rows, int64_t width, Launch&& launch) {
@@ -323,7 +323,7 @@ void launch_rows(int64_t rows, int64_t width, Launch&& launch) {
   using Two = std::integral_constant<int, 2>;
   using Three = std::integral_constant<int, 3>;
   const int64_t packs = width / kVec<scalar_t>;
-  if (packs <= 16 * kMaxHalfWarpPacks && rows > resident_warps()) {
+  if (packs <= 16 * kMaxHalfWarpRowPacks && rows > resident_warps()) {
     const int64_t blocks = lane_row_blocks(rows, 16);
     switch ((packs + 15) / 16) {
       case 1: return launch(One{}, LaneRow<16>{}, blocks, kLaneRowThreads);
@@ -331,7 +331,7 @@ void launch_rows(int64_t rows, int64_t width, Launch&& launch) {
       default: return launch(Three{}, LaneRow<16>{}, blocks, kLaneRowThreads);
     }
   }
-  if (packs <= 32 * kMaxLanePacks) {
+  if (packs <= 32 * kMaxWarpRowPacks) {
     const int64_t blocks = lane_row_blocks(rows, 32);
     if (packs <= 32) return launch(One{}, LaneRow<32>{}, blocks, kLaneRowThreads);
     return launch(Two{}, LaneRow<32>{}, blocks, kLaneRowThreads);
