@@ -487,14 +487,17 @@ bool pack_aligned(const at::Tensor& t) {
   return reinterpret_cast<uintptr_t>(t.data_ptr()) % sizeof(Pack<scalar_t>) == 0;
 }
 
-// The LayerNorms' rows are read and written in 16-byte packs, at most 1024 of them (a block's threads).
+// The LayerNorms' rows (the encoder's and the embeddings') are read and written in 16-byte packs, at most 1024
+// of them (a block's threads). `width_name` and `buffers_name` say what the error message calls them.
 template <typename scalar_t>
-void check_layernorm_rows(int64_t width, std::initializer_list<const at::Tensor*> buffers) {
+void check_layernorm_rows(int64_t width, std::initializer_list<const at::Tensor*> buffers,
+                          const char* width_name = "fusedbert::encoder (CUDA): the hidden size",
+                          const char* buffers_name = "buffers") {
   constexpr int V = kVec<scalar_t>;
   bool aligned = true;
   for (const at::Tensor* buffer : buffers) aligned = aligned && (buffer == nullptr || pack_aligned<uint8_t>(*buffer));
-  TORCH_CHECK(width % V == 0 && width / V <= 1024 && aligned, "fusedbert::encoder (CUDA): the hidden size must be a "
-              "multiple of ", V, " and at most ", 1024 * V, " with 16-byte aligned buffers; got ", width);
+  TORCH_CHECK(width % V == 0 && width / V <= 1024 && aligned, width_name, " must be a multiple of ", V, " and at most ",
+              1024 * V, " with 16-byte aligned ", buffers_name, "; got ", width);
 }
 
 }  // namespace
@@ -652,13 +655,9 @@ void embeddings(const EmbeddingIndices& indices, const at::Tensor& word, const a
   if (out.numel() == 0) return;
   dispatch_storage_type(word.scalar_type(), "embeddings", [&](auto tag) {
     using scalar_t = decltype(tag);
-    constexpr int V = kVec<scalar_t>;
     const int64_t width = indices.width;
-    const bool aligned = pack_aligned<scalar_t>(word) && pack_aligned<scalar_t>(token_type) &&
-                         pack_aligned<scalar_t>(position) && pack_aligned<scalar_t>(gamma) &&
-                         pack_aligned<scalar_t>(beta) && pack_aligned<scalar_t>(out);
-    TORCH_CHECK(width % V == 0 && width / V <= 1024 && aligned, "fusedbert::embeddings (CUDA): the embedding width "
-                "must be a multiple of ", V, " and at most ", 1024 * V, " with 16-byte aligned tables; got ", width);
+    check_layernorm_rows<scalar_t>(width, {&word, &token_type, &position, &gamma, &beta, &out},
+                                   "fusedbert::embeddings (CUDA): the embedding width", "tables");
     const int64_t tokens = indices.batch * indices.seq_len;
     launch_rows<scalar_t>(tokens, width, [&](auto packs, auto row, int64_t blocks, int threads) {
       embeddings_kernel<scalar_t, decltype(packs)::value, decltype(row)>
