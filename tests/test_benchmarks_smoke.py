@@ -192,6 +192,20 @@ def test_graph_buckets_round_a_capacity_up_and_never_past_the_padded_batch():
     assert capacities(1, 16, 16) == {"exact": 16, "rounded to 128": 16}
 
 
+def test_interleaved_timing_in_blocks_times_all_but_the_first_call_of_each_turn():
+    import torch
+
+    from benchmarks.measure import time_interleaved
+
+    calls = []
+    samples = time_interleaved({name: (lambda name=name: calls.append(name)) for name in "ab"}, repeats=2,
+                               device=torch.device("cpu"), block=3)
+    assert "".join(calls) == "aaabbbaaabbb"
+    assert {name: len(s) for name, s in samples.items()} == {"a": 4, "b": 4}
+    one_call_turns = time_interleaved({"a": lambda: None, "b": lambda: None}, repeats=2, device=torch.device("cpu"))
+    assert {name: len(s) for name, s in one_call_turns.items()} == {"a": 2, "b": 2}
+
+
 def test_cuda_targets_are_read_off_the_best_fused_system_of_each_cell():
     from benchmarks.encoder import Target, target_verdicts
 
