@@ -243,6 +243,35 @@ def test_op_never_writes_past_a_capture_token_capacity():
     assert torch.count_nonzero(out[0]) > 0
 
 
+# Captured, a small batch's ranking kernel also finds its sequences' offsets (up to 64 KiB of mask, read in
+# 16-byte packs where aligned); a larger one takes the summary kernel as eager calls do. Masks of every dtype,
+# one whose data does not start on 16 bytes, one past the size bound.
+CAPTURED_MASKS = {"bool": (torch.bool, 0, 40), "uint8": (torch.uint8, 0, 40), "int32": (torch.int32, 0, 40),
+                  "int64": (torch.int64, 0, 40), "int64_unaligned": (torch.int64, 1, 40),
+                  "bool_unaligned": (torch.bool, 3, 40), "int64_past_the_bound": (torch.int64, 0, 130)}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mask_dtype, offset, sequences", CAPTURED_MASKS.values(), ids=CAPTURED_MASKS.keys())
+def test_captured_packing_matches_eager_for_every_mask_layout(mask_dtype, offset, sequences):
+    from parity_support import random_op_inputs
+
+    lengths = [(5 * i) % 65 for i in range(sequences)]  # 0 to 64 tokens: the first sequence is empty
+    hidden, int64_mask, weights = random_op_inputs(lengths=lengths, device=DEVICE, seq_len=64)
+    mask = torch.zeros(int64_mask.numel() + offset, dtype=mask_dtype, device=DEVICE)[offset:].view(int64_mask.shape)
+    mask.copy_(int64_mask)
+    run = lambda: torch.ops.fusedbert.encoder(hidden, mask, weights, 4, 1e-12, "gelu", True)  # noqa: E731
+    expected = run()  # also the warm-up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = run()
+    graph.replay()
+    torch.cuda.synchronize()
+    # The graph's GEMMs run on B * S rows, eager ones on the real tokens: float32 sums in another order.
+    torch.testing.assert_close(out, expected, rtol=0, atol=TOLERANCE[torch.float32])
+    assert torch.count_nonzero(out[int64_mask == 0]) == 0
+
+
 @pytest.mark.cuda
 def test_mask_values_are_checked_before_a_replay(minilm_path):
     runner = CudaGraphRunner(last_hidden(fused_task(minilm_path, torch.float16)), [Bucket(2, 16)], DEVICE, token_level=True)
