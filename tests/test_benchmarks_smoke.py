@@ -1,7 +1,8 @@
 """The accuracy report runs end to end on a few sentences and writes its table and JSON; the new-shape
 benchmark runs end to end on a few shapes; the serving benchmark's pieces that need no server (no timing);
 the worker-stages benchmark serves a few batches through TorchServe's loader and Service; the plots drawn for
-named results or a whole directory; the hardware-counter summary of an Nsight Compute page."""
+named results or a whole directory; the hardware-counter summary of an Nsight Compute page; the interleaved
+timer's blocks of calls."""
 
 from __future__ import annotations
 
