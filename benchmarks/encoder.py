@@ -163,7 +163,8 @@ def max_abs_diff(output: torch.Tensor, expected: torch.Tensor, batch: Batch) -> 
 def run_cell(systems: dict, floor_fn, batch: Batch, expected: torch.Tensor, tolerance_baseline: float | None,
              args: argparse.Namespace, device: torch.device) -> tuple[dict, dict[str, str]]:
     """Per system: first call (compilation included) checked against ``expected``, warmup; then all
-    systems and the GEMM floor timed round-robin, in blocks of ``args.block`` calls; on CUDA, each system's peak extra memory."""
+    systems and the GEMM floor timed round-robin, in blocks of ``args.block`` calls; on CUDA, each system's
+    peak extra memory."""
     tolerance = FP32_TOLERANCE if tolerance_baseline is None else 2 * tolerance_baseline
     results, failures = {}, {}
     for name, forward in systems.items():
