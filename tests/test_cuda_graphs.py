@@ -88,6 +88,9 @@ def test_mask_check_counts_real_tokens_and_catches_other_values(dtype, device):
     assert _check_mask(mask.t()) == (True, 3)  # strided
     if dtype != torch.bool:
         assert _check_mask(torch.tensor([[1, 2, 0]], device=device).to(dtype)) == (False, 3)
+    if dtype.is_signed:
+        assert _check_mask(torch.tensor([[1, -1, 1]], device=device).to(dtype)) == (False, 1)
+    assert _check_mask(torch.zeros(0, 3, device=device).to(dtype)) == (True, 0)
     if dtype.is_floating_point:
         assert _check_mask(torch.tensor([[1.0, 0.5]], device=device).to(dtype))[0] is False
 
