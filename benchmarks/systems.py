@@ -151,11 +151,11 @@ class GraphedFusedEncoder:
         return min(batch_size * seq_len, -(-real_tokens // cls.TOKEN_GRANULE) * cls.TOKEN_GRANULE)
 
     def __call__(self, batch: Batch) -> torch.Tensor:
-        size, seq_len = batch.input_ids.shape
-        bucket = Bucket(size, seq_len, self.token_capacity(size, seq_len, batch.real_tokens))
-        if bucket not in self.runner.buckets:
-            self.runner.buckets.append(bucket)
         if id(batch) not in self._cpu_inputs:  # once per batch, which is held so that its id stays its own
+            size, seq_len = batch.input_ids.shape
+            bucket = Bucket(size, seq_len, self.token_capacity(size, seq_len, batch.real_tokens))
+            if bucket not in self.runner.buckets:
+                self.runner.buckets.append(bucket)
             self._cpu_inputs[id(batch)] = (batch.input_ids.cpu(), batch.attention_mask.cpu(), batch)
         input_ids, attention_mask, _ = self._cpu_inputs[id(batch)]
         return self.runner(input_ids, attention_mask)[0]
