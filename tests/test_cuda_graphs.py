@@ -1,6 +1,7 @@
 """CUDA graph replay (fusedbert/cuda_graphs.py): bucket choice and parsing everywhere; on a GPU, replayed
-outputs against the eager model on awkward batches, eager fallback, mask checks, memory reuse, a traced
-model captured, and GEMM autotuning leaving results unchanged."""
+outputs against the eager model on awkward batches, the op captured on masks of every layout, eager
+fallback, mask checks, memory reuse, a traced model captured, and GEMM autotuning leaving results
+unchanged."""
 
 from __future__ import annotations
 
@@ -248,7 +249,7 @@ def test_op_never_writes_past_a_capture_token_capacity():
 
 # Captured, a small batch's ranking kernel also finds its sequences' offsets (up to 64 KiB of mask, read in
 # 16-byte packs where aligned); a larger one takes the summary kernel as eager calls do. Masks of every dtype,
-# one whose data does not start on 16 bytes, one past the size bound.
+# two whose data do not start on 16 bytes, one past the size bound.
 CAPTURED_MASKS = {"bool": (torch.bool, 0, 40), "uint8": (torch.uint8, 0, 40), "int32": (torch.int32, 0, 40),
                   "int64": (torch.int64, 0, 40), "int64_unaligned": (torch.int64, 1, 40),
                   "bool_unaligned": (torch.bool, 3, 40), "int64_past_the_bound": (torch.int64, 0, 130)}
