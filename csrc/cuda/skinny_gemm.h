@@ -6,7 +6,8 @@
 // pass: 9 launches and ~30 us per layer at one sequence of 16 tokens. This kernel spreads each weight
 // matrix over every SM with warp-level MMAs and split-K (on sm_90 on: a tile's splits form a thread block
 // cluster), and does bias, activation and the split-K sum in its own epilogue: one launch per GEMM, and no
-// workspace. linear() times it against cuBLASLt per shape (gemm.cpp).
+// workspace. linear() times it against cuBLASLt per shape from 33 rows, and on Hopper takes it untimed below
+// (gemm.cpp, kSkinnyUntimedRows).
 #pragma once
 
 #include <ATen/core/Tensor.h>
