@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, BertConfig
+from transformers import BertConfig, BertModel
 
 import fusedbert
 from fusedbert.cuda_graphs import gemm_autotuning
@@ -157,8 +157,9 @@ def test_up_to_32_rows_every_gemm_is_the_small_batch_kernel_when_tuned_on_hopper
         pytest.skip("the untimed choice holds on sm_90")
     torch.manual_seed(0)
     config = BertConfig(vocab_size=1000, hidden_size=768, num_hidden_layers=2, num_attention_heads=12,
-                        intermediate_size=3072)
-    model = fusedbert.fuse(AutoModel.from_config(config, attn_implementation="sdpa").to(DEVICE, torch.float16).eval())
+                        intermediate_size=3072, attn_implementation="sdpa")
+    # No pooler: its linear layer is torch's, not the encoder's.
+    model = fusedbert.fuse(BertModel(config, add_pooling_layer=False).to(DEVICE, torch.float16).eval())
     batch = {"input_ids": torch.randint(5, 1000, (1, tokens), device=DEVICE),
              "attention_mask": torch.ones(1, tokens, dtype=torch.long, device=DEVICE)}
     with torch.no_grad(), gemm_autotuning():
