@@ -17,6 +17,7 @@ Standard library plus psutil (a TorchServe dependency): no HTTP client package n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -106,12 +107,6 @@ def http_request(method: str, url: str, body: bytes | None = None, *, token: str
         return Response(error.code, error.read())
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def read_properties(path: Path) -> dict[str, str]:
     properties = {}
     for line in path.read_text().splitlines():
@@ -152,8 +147,18 @@ def _default_address(api: str) -> str:
 
 
 def loopback_ports() -> dict[str, int]:
-    """Free loopback ports for every endpoint of one instance (tests, parallel runs)."""
-    return {name: free_port() for name in (*ADDRESS_KEYS, *GRPC_PORT_KEYS)}
+    """Free loopback ports for every endpoint of one instance (tests, parallel runs), all different.
+
+    Every probe stays bound until all ports are chosen: a probe closed at once frees its port for the
+    next bind to 0, and two endpoints on one port make TorchServe stop when it binds the second.
+    """
+    with contextlib.ExitStack() as probes:
+        ports = {}
+        for name in (*ADDRESS_KEYS, *GRPC_PORT_KEYS):
+            probe = probes.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            probe.bind(("127.0.0.1", 0))
+            ports[name] = probe.getsockname()[1]
+    return ports
 
 
 def start(model_store: str | Path, models: dict[str, str], *, run_dir: str | Path = DEFAULT_RUN_DIR,
@@ -254,9 +259,13 @@ def wait_until_ready(server: Server, timeout: float = 240.0, log=print) -> dict[
 
 
 def log_tail(server: Server, lines: int = 40) -> str:
+    logs = Path(server.run_dir) / "logs"
+    # The frontend's console (start() writes it) holds its log and what it printed before logging began;
+    # a frontend started otherwise, as in the README's walkthrough, leaves only its log file.
+    frontend = "console.log" if (logs / "console.log").is_file() else "ts_log.log"
     parts = []
-    for name in ("console.log", "model_log.log"):
-        path = Path(server.run_dir) / "logs" / name
+    for name in (frontend, "model_log.log"):
+        path = logs / name
         if path.is_file():
             tail = path.read_text(errors="replace").splitlines()[-lines:]
             parts.append(f"--- {path} (last {len(tail)} lines)\n" + "\n".join(tail))

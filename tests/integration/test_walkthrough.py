@@ -43,7 +43,7 @@ def scratch(tmp_path) -> Path:
 
 
 def test_the_documented_manual_sequence_serves_classification_and_qa(scratch):
-    ports = {api: ts.free_port() for api in DEFAULT_PORTS} | {name: ts.free_port() for name in ts.GRPC_PORT_KEYS}
+    ports = ts.loopback_ports()
     config = scratch / "ports.properties"
     ts.write_run_config(ts.SHIPPED_CONFIG, config, ports)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -63,7 +63,7 @@ def test_the_documented_manual_sequence_serves_classification_and_qa(scratch):
                                         stdout=stdout, stderr=stderr, timeout=COMMAND_TIMEOUT_S).returncode
             assert status == 0, f"$ {command}\n{output.read_text()}\n{errors.read_text()}"
             if command.startswith("torchserve --start"):
-                frontend = _started_frontend(scratch, config, ports)
+                frontend = _started_frontend(scratch, config, ports, errors)
             elif command.startswith("curl"):
                 replies.append(json.loads(output.read_text()))
             elif command.startswith("torchserve --stop"):
@@ -97,12 +97,18 @@ def _frontend_of_this_test(scratch: Path, config: Path) -> psutil.Process | None
         return None
 
 
-def _started_frontend(scratch: Path, config: Path, ports: dict[str, int]) -> psutil.Process:
-    """The frontend, once its models are READY: the documented curl calls come after that wait."""
+def _started_frontend(scratch: Path, config: Path, ports: dict[str, int], stderr: Path) -> psutil.Process:
+    """The frontend, once its models are READY: the documented curl calls come after that wait.
+
+    ``stderr`` is the file the frontend inherited from `torchserve --start`; its exceptions go there.
+    """
     frontend = _frontend_of_this_test(scratch, config)
     assert frontend is not None, "torchserve --start left no running frontend"
     urls = {api: f"http://127.0.0.1:{ports[api]}" for api in DEFAULT_PORTS}
     server = ts.Server(run_dir=str(scratch), pid=frontend.pid, urls=urls, models=["my_tc", "my_qa"],
                        config=str(config), token_auth=False)
-    ts.wait_until_ready(server, timeout=240, log=lambda *_: None)
+    try:
+        ts.wait_until_ready(server, timeout=240, log=lambda *_: None)
+    except ts.ServeError as error:
+        pytest.fail(f"{error}\n--- frontend stderr\n{stderr.read_text()}")
     return frontend
